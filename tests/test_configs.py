@@ -1,0 +1,76 @@
+"""Every shipped experiment and config option composes and instantiates."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from vidlstm.data.datamodule import VideoDataModule
+from vidlstm.models import CNNLSTM
+
+from .conftest import compose_config
+
+CONF = files("vidlstm.conf")
+EXPERIMENTS = sorted(p.name.removesuffix(".yaml") for p in CONF.joinpath("experiment").iterdir()
+                     if p.name.endswith(".yaml"))
+HEADS = sorted(p.name.removesuffix(".yaml") for p in CONF.joinpath("model", "head").iterdir()
+               if p.name.endswith(".yaml"))
+
+
+def test_experiments_are_shipped() -> None:
+    assert {"demo", "demo_meanpool"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"experiment={experiment}", f"paths.root_dir={tmp_path}"], tmp_path / "run")
+    assert cfg.task_name == experiment
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, VideoDataModule)
+    assert datamodule.train_transform.pipeline is not None
+    model = instantiate(cfg.model)(num_classes=8)
+    assert isinstance(model, CNNLSTM)
+    clips = torch.randn(2, cfg.data.num_frames, 3, cfg.data.image_size, cfg.data.image_size)
+    assert model(clips).shape == (2, 8)
+    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    instantiate(cfg.scheduler)(optimizer=optimizer)
+
+
+def test_no_arguments_means_the_demo(tmp_path: Path) -> None:
+    cfg = compose_config([], tmp_path / "run")
+    assert cfg.task_name == "demo"
+    assert cfg.data.prepare._target_ == "vidlstm.data.synthetic.DemoDataset"
+    assert cfg.data.train_transform.hflip is False, "flips would swap move_left and move_right"
+    assert cfg.model.head.cell == "lstm" and cfg.model.encoder.spatial_grid > 1
+
+
+def test_meanpool_experiment_removes_the_recurrence(tmp_path: Path) -> None:
+    cfg = compose_config(["experiment=demo_meanpool"], tmp_path / "run")
+    head = instantiate(cfg.model)(num_classes=8).head
+    assert head.recurrent is None and head.pooling.mode == "mean"
+    demo = compose_config(["experiment=demo"], tmp_path / "run")
+    for key in ("data", "optimizer", "scheduler", "trainer"):
+        assert cfg[key] == demo[key], f"demo_meanpool must differ from demo only in the head ({key})"
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_builds(head: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"model/head={head}"], tmp_path / "run")
+    model = instantiate(cfg.model)(num_classes=3)
+    assert model(torch.randn(1, 4, 3, 32, 32)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_trainer_configs_compose(trainer: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"trainer={trainer}"], tmp_path / "run")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    assert cfg.trainer.accelerator == ("cpu" if trainer == "cpu" else "gpu")
+
+
+def test_folder_data_requires_a_root(tmp_path: Path) -> None:
+    cfg = compose_config(["data=folder", f"data.root={tmp_path}/videos"], tmp_path / "run")
+    assert cfg.data.train.root == f"{tmp_path}/videos"

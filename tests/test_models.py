@@ -1,0 +1,148 @@
+"""Models: shapes, the recurrent wrapper against torch.nn.LSTM/GRU, pooling semantics."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from vidlstm.models import CNNLSTM, FrameEncoder, RecurrentEncoder, TemporalHead, TemporalPooling
+
+
+@pytest.mark.parametrize(
+    ("backbone", "grid", "channels"),
+    [("tiny", 4, 64), ("tiny", 1, 64), ("resnet18", 1, 512), ("mobilenet_v3_small", 2, 576)],
+)
+def test_cnn_lstm_output_shapes(backbone: str, grid: int, channels: int) -> None:
+    encoder = FrameEncoder(backbone, spatial_grid=grid)
+    assert encoder.out_dim == channels * grid * grid
+    clips = torch.randn(2, 5, 3, 64, 64)
+    assert encoder(clips).shape == (2, 5, encoder.out_dim)
+    model = CNNLSTM(encoder, functools.partial(TemporalHead, hidden_size=16, bidirectional=True), num_classes=7)
+    assert model(clips).shape == (2, 7)
+
+
+def test_encoder_runs_all_frames_through_the_cnn_at_once() -> None:
+    encoder = FrameEncoder("tiny", spatial_grid=2).eval()
+    clips = torch.randn(3, 4, 3, 32, 32)
+    calls = []
+    encoder.trunk.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    batched = encoder(clips)
+    assert calls == [12]
+    one_by_one = torch.stack([encoder(clips[:, t : t + 1])[:, 0] for t in range(4)], dim=1)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_loads_local_weights_file(tmp_path) -> None:
+    """A full torchvision classifier's state dict (with fc), nested in a checkpoint as training scripts save it."""
+    source = FrameEncoder("resnet18")
+    reference = torchvision.models.resnet18(num_classes=1000)
+    torch.save({"state_dict": reference.state_dict()}, tmp_path / "r18.pth")
+    loaded = FrameEncoder("resnet18", weights=str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(loaded.trunk[0].weight, reference.conv1.weight)
+    assert not torch.equal(source.trunk[0].weight, reference.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        FrameEncoder("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_global_pooling_loses_position_grid_pooling_keeps_it() -> None:
+    """Why the demo uses spatial_grid > 1: a blob on the left vs on the right."""
+    left, right = torch.zeros(1, 1, 3, 32, 32), torch.zeros(1, 1, 3, 32, 32)
+    left[..., 8:16, 2:10] = 1.0
+    right[..., 8:16, 22:30] = 1.0
+    conv = nn.Conv2d(3, 4, 1)
+    gap, grid = FrameEncoder("tiny", spatial_grid=1).eval(), FrameEncoder("tiny", spatial_grid=4).eval()
+    for encoder in (gap, grid):
+        encoder.trunk = conv
+        encoder.pool = nn.AdaptiveAvgPool2d(encoder.spatial_grid)
+    torch.testing.assert_close(gap(left), gap(right))
+    assert not torch.allclose(grid(left), grid(right))
+
+
+def _copy_and_compare(ours: RecurrentEncoder, reference: nn.RNNBase, x: torch.Tensor) -> None:
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    out, state = ours(x)
+    ref_out, ref_state = reference(x)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
+    for a, b in zip(state if isinstance(state, tuple) else (state,),
+                    ref_state if isinstance(ref_state, tuple) else (ref_state,), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    (out.square().sum()).backward()
+    (ref_out.square().sum()).backward()
+    for (name, p), (_, q) in zip(ours.rnn.named_parameters(), reference.named_parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (1, True), (2, False), (3, True)])
+def test_recurrent_encoder_equals_torch_reference(cell: str, layers: int, bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    reference = (nn.LSTM if cell == "lstm" else nn.GRU)(10, 12, layers, batch_first=True,
+                                                         bidirectional=bidirectional)
+    ours = RecurrentEncoder(10, 12, layers, cell=cell, bidirectional=bidirectional)
+    _copy_and_compare(ours, reference, torch.randn(4, 7, 10))
+
+
+def test_recurrent_encoder_weights_load_into_plain_lstm() -> None:
+    ours = RecurrentEncoder(6, 5, 2, bidirectional=True)
+    reference = nn.LSTM(6, 5, 2, batch_first=True, bidirectional=True)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 6)
+    torch.testing.assert_close(ours(x)[0], reference(x)[0])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_variable_lengths_match_running_each_sequence_alone(bidirectional: bool) -> None:
+    torch.manual_seed(1)
+    ours = RecurrentEncoder(4, 6, 2, bidirectional=bidirectional)
+    x = torch.randn(3, 9, 4)
+    lengths = torch.tensor([9, 4, 6])
+    out, (h, _) = ours(x, lengths=lengths)
+    out_mask, _ = ours(x, mask=torch.arange(9)[None] < lengths[:, None])
+    torch.testing.assert_close(out, out_mask)
+    for b, n in enumerate(lengths.tolist()):
+        alone, (h_alone, _) = ours(x[b : b + 1, :n])
+        torch.testing.assert_close(out[b, :n], alone[0], atol=1e-5, rtol=0)
+        assert torch.all(out[b, n:] == 0)
+        torch.testing.assert_close(h[:, b], h_alone[:, 0], atol=1e-5, rtol=0)
+
+
+def test_initial_state_is_used() -> None:
+    ours = RecurrentEncoder(3, 4)
+    x = torch.randn(2, 5, 3)
+    state = (torch.randn(1, 2, 4), torch.randn(1, 2, 4))
+    reference = nn.LSTM(3, 4, batch_first=True)
+    reference.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x, state=state)[0], reference(x, state)[0])
+    assert not torch.allclose(ours(x, state=state)[0], ours(x)[0])
+
+
+def test_last_pooling_bidirectional_takes_forward_last_and_backward_first() -> None:
+    x = torch.arange(2 * 4 * 6, dtype=torch.float32).view(2, 4, 6)
+    lengths = torch.tensor([4, 2])
+    pooled = TemporalPooling("last", num_directions=2)(x, lengths)
+    torch.testing.assert_close(pooled[0], torch.cat([x[0, 3, :3], x[0, 0, 3:]]))
+    torch.testing.assert_close(pooled[1], torch.cat([x[1, 1, :3], x[1, 0, 3:]]))
+
+
+def test_mean_and_max_pooling_ignore_padding() -> None:
+    x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    lengths = torch.tensor([2])
+    assert TemporalPooling("mean")(x, lengths).item() == 2.0
+    assert TemporalPooling("max")(x, lengths).item() == 3.0
+    with pytest.raises(ValueError, match="unknown temporal pooling"):
+        TemporalPooling("median")
+
+
+def test_meanpool_head_is_blind_to_frame_order_and_lstm_head_is_not() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(2, 6, 8)
+    reversed_features = features.flip(1)
+    meanpool = TemporalHead(8, 3, cell=None, pooling="mean").eval()
+    lstm = TemporalHead(8, 3, cell="lstm", hidden_size=5).eval()
+    torch.testing.assert_close(meanpool(features), meanpool(reversed_features))
+    assert not torch.allclose(lstm(features), lstm(reversed_features))

@@ -1,0 +1,73 @@
+"""The training pipeline on a tiny rendered dataset: outputs, checkpoints, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from vidlstm.training.train import train
+
+
+def test_fast_dev_run_goes_through_every_stage(make_config) -> None:
+    cfg = make_config("debug=fdr")
+    summary, objects = train(cfg)
+    assert objects["trainer"].fast_dev_run
+    assert {"test/acc", "test/acc_top5", "test/mean_class_acc", "wall_time_s"} <= set(summary)
+    assert 0.0 <= summary["test/acc"] <= 1.0
+    run = Path(cfg.paths.output_dir)
+    assert json.loads((run / "summary.json").read_text())["class_names"] == objects["datamodule"].class_names
+    assert (run / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_training_writes_checkpoints_metrics_and_plots(make_config) -> None:
+    cfg = make_config("trainer.max_epochs=2")
+    summary, objects = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["best.ckpt", "last.ckpt"]
+    assert summary["best_ckpt"] == str(run / "checkpoints" / "best.ckpt")
+    for name in ("summary.json", "metrics.csv", "curves.png", "confusion_matrix.png"):
+        assert (run / name).stat().st_size > 0, name
+
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["epoch"]) for r in rows if r["val/acc"]}) == [0, 1]
+    assert {"train/loss", "train/acc", "val/acc", "val/acc_best", "val/mean_class_acc"} <= set(rows[0])
+
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["test/acc"] == summary["test/acc"]
+    assert len(saved["test/confusion_matrix"]) == 8
+    test_videos = len(objects["datamodule"].splits["test"])
+    assert sum(map(sum, saved["test/confusion_matrix"])) == test_videos
+    correct = sum(saved["test/confusion_matrix"][i][i] for i in range(8))
+    assert abs(correct / test_videos - saved["test/acc"]) < 1e-6
+
+
+def test_checkpoint_is_safe_to_load_and_rebuilds_the_model(make_config) -> None:
+    cfg = make_config("trainer.max_epochs=1")
+    _, objects = train(cfg)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    meta = ckpt["vidlstm"]
+    assert meta["class_names"] == objects["datamodule"].class_names
+    net = instantiate(OmegaConf.create(meta["config"]["model"]))(num_classes=len(meta["class_names"]))
+    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()
+                         if k.startswith("net.")})
+    net.eval()
+    trained = objects["module"].net.eval()
+    clips = torch.randn(2, 8, 3, 32, 32)
+    torch.testing.assert_close(net(clips), trained(clips))
+
+
+def test_same_seed_same_run_different_seed_different_run(make_config) -> None:
+    def final_weights(seed: int) -> dict[str, torch.Tensor]:
+        _, objects = train(make_config("trainer.max_epochs=1", f"seed={seed}", "test=false"))
+        return {k: v.clone() for k, v in objects["module"].net.state_dict().items()}
+
+    first, again, other = final_weights(0), final_weights(0), final_weights(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

@@ -1,0 +1,85 @@
+"""Readers: exact frames in the requested order, agreement between backends, clear errors on bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidlstm.data.synthetic import write_mp4
+from vidlstm.data.video import BACKENDS, VideoDecodeError, open_video, probe
+
+NUM_FRAMES = 24
+
+
+def _index_frame(i: int, size: int = 64) -> np.ndarray:
+    """A frame whose 8 vertical stripes spell the binary frame index (white = 1)."""
+    bits = [(i >> b) & 1 for b in range(8)]
+    row = np.repeat(np.array(bits, np.uint8) * 255, size // 8)
+    return np.repeat(np.repeat(row[None, :, None], size, axis=0), 3, axis=2)
+
+
+def _read_index(frame: torch.Tensor) -> int:
+    stripes = frame.float().mean(dim=(0, 1)).view(8, -1).mean(dim=1)
+    return sum(1 << b for b, level in enumerate(stripes.tolist()) if level > 127)
+
+
+@pytest.fixture(scope="module")
+def indexed_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("videos") / "indexed.mp4"
+    write_mp4(path, np.stack([_index_frame(i) for i in range(NUM_FRAMES)]), fps=10, crf=18)
+    return path
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize(
+    "indices", [list(range(NUM_FRAMES)), [17, 3, 9, 0], [23, 22, 1], [5, 5, 2, 5]], ids=str
+)
+def test_get_frames_returns_exactly_the_requested_frames(indexed_mp4: Path, backend: str, indices) -> None:
+    with open_video(indexed_mp4, backend) as reader:
+        assert reader.backend == backend
+        assert (reader.num_frames, reader.height, reader.width) == (NUM_FRAMES, 64, 64)
+        assert reader.fps == pytest.approx(10.0)
+        frames = reader.get_frames(indices)
+    assert frames.dtype == torch.uint8 and frames.shape == (len(indices), 3, 64, 64)
+    assert [_read_index(f) for f in frames] == indices
+
+
+def test_backends_decode_identical_pixels(indexed_mp4: Path) -> None:
+    decoded = [open_video(indexed_mp4, b).get_frames([0, 11, 23]) for b in sorted(BACKENDS)]
+    for other in decoded[1:]:
+        assert torch.equal(decoded[0], other)
+
+
+def test_out_of_range_index_is_rejected(indexed_mp4: Path) -> None:
+    with open_video(indexed_mp4) as reader, pytest.raises(IndexError, match="outside"):
+        reader.get_frames([0, NUM_FRAMES])
+
+
+def test_probe_reports_metadata(indexed_mp4: Path) -> None:
+    info = probe(indexed_mp4)
+    assert (info.num_frames, info.height, info.width) == (NUM_FRAMES, 64, 64)
+    assert info.duration_s == pytest.approx(2.4)
+    assert info.backend in BACKENDS
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [("missing.mp4", None, "no such file"), ("empty.mp4", b"", "empty file"),
+     ("notes.mp4", b"these are my holiday notes, not a video\n" * 20, "decord: .*; pyav: ")],
+)
+def test_bad_files_raise_decode_error_naming_the_path(tmp_path: Path, name: str, content, reason: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(VideoDecodeError, match=reason) as caught:
+        open_video(path)
+    assert caught.value.path == str(path) and str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_backend_is_a_clear_error(indexed_mp4: Path) -> None:
+    with pytest.raises(ValueError, match="unknown video backend 'ffmpeg-cli'"):
+        open_video(indexed_mp4, "ffmpeg-cli")

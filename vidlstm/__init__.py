@@ -1,0 +1,3 @@
+"""vidlstm: CNN+LSTM video action recognition."""
+
+__version__ = "0.1.0"

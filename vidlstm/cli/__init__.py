@@ -1,0 +1,1 @@
+"""Hydra entry points behind the console scripts and scripts/."""

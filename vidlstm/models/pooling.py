@@ -1,0 +1,45 @@
+"""Temporal pooling: (B, T, F) sequence outputs -> (B, F) clip features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLING_MODES = ("last", "mean", "max")
+
+
+def valid_mask(lengths: torch.Tensor | None, batch: int, steps: int, device: torch.device) -> torch.Tensor:
+    """(B, T) bool, True on the first ``lengths[b]`` steps (all True when lengths is None)."""
+    if lengths is None:
+        return torch.ones(batch, steps, dtype=torch.bool, device=device)
+    return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+class TemporalPooling(nn.Module):
+    """Pools over time, ignoring padded steps.
+
+    ``last``: the last valid step; for bidirectional outputs the forward half of the last valid step joined
+    with the backward half of the first step (each direction's summary of the whole sequence).
+    ``mean`` / ``max``: over valid steps.
+    """
+
+    def __init__(self, mode: str = "last", num_directions: int = 1) -> None:
+        super().__init__()
+        if mode not in POOLING_MODES:
+            raise ValueError(f"unknown temporal pooling {mode!r}; choose from {POOLING_MODES}")
+        self.mode, self.num_directions = mode, num_directions
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, f = x.shape
+        mask = valid_mask(lengths, b, t, x.device)
+        if self.mode == "mean":
+            weights = mask.unsqueeze(-1).to(x.dtype)
+            return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
+        if self.mode == "max":
+            return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+        last = (mask.sum(1) - 1).clamp_min(0)
+        final = x[torch.arange(b, device=x.device), last]
+        if self.num_directions == 1:
+            return final
+        half = f // 2
+        return torch.cat([final[:, :half], x[:, 0, half:]], dim=1)

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the train(cfg) pipeline, plots."""

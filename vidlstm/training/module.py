@@ -1,0 +1,120 @@
+"""LightningModule for clip classification with cross-entropy and torchmetrics accuracies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """top-1 (``acc``), top-5 where there are more than 5 classes, and mean per-class accuracy."""
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+        "mean_class_acc": MulticlassAccuracy(num_classes, average="macro"),
+    }
+    if num_classes > 5:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class VideoClassifier(L.LightningModule):
+    """Trains a (B, T, 3, H, W) -> logits network; logs ``train/loss``, ``train/acc``, ``val/acc``,
+    ``val/acc_best``, ``test/acc``, ``test/acc_top5``, ``test/mean_class_acc``.
+
+    Args:
+        net: the network (e.g. `vidlstm.models.CNNLSTM`).
+        optimizer: factory ``(params) -> Optimizer`` (a Hydra ``_partial_``).
+        scheduler: optional factory ``(optimizer) -> LRScheduler``.
+        scheduler_interval: "epoch" or "step".
+        class_names: class names in label order; stored in every checkpoint.
+        label_smoothing: cross-entropy label smoothing.
+        config: plain-data run configuration stored in checkpoints so inference can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        class_names: Sequence[str],
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        label_smoothing: float = 0.0,
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.scheduler_interval = scheduler_interval
+        self.class_names = list(class_names)
+        self.config = config
+        num_classes = len(self.class_names)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.test_per_class = MulticlassAccuracy(num_classes, average="none")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.net(clips)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clips, labels = batch
+        logits = self(clips)
+        return self.criterion(logits, labels), logits, labels
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, logits, labels = self._step(batch)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.val_metrics.update(logits, labels)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict(metrics, prog_bar=True)
+        self.val_acc_best(metrics["val/acc"])  # reset in on_train_start, so sanity-check batches don't count
+        self.log("val/acc_best", self.val_acc_best.compute())
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.test_metrics.update(logits, labels)
+        self.test_per_class.update(logits, labels)
+        self.test_confusion.update(logits, labels)
+        self.log("test/loss", loss, on_step=False, on_epoch=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_per_class.reset()
+        self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval,
+                                 "monitor": "val/loss"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vidlstm"] = {"class_names": self.class_names, "config": self.config}

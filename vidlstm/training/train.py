@@ -1,0 +1,121 @@
+"""The training pipeline: config -> data, model, trainer -> fit, test best checkpoint, write run outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vidlstm.data.datamodule import VideoDataModule
+from vidlstm.training.module import VideoClassifier
+from vidlstm.training.plots import plot_confusion_matrix, plot_curves
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers); null entries are skipped."""
+    return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+
+
+def _plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
+    """The named sections of ``cfg`` as resolved plain data (safe for weights_only checkpoint loading)."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys if key in cfg}
+
+
+def build_module(cfg: DictConfig, class_names: list[str]) -> VideoClassifier:
+    net = instantiate(cfg.model)(num_classes=len(class_names))
+    return VideoClassifier(
+        net=net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        scheduler_interval=cfg.get("scheduler_interval", "epoch"),
+        class_names=class_names,
+        label_smoothing=cfg.get("label_smoothing", 0.0),
+        config=_plain(cfg, "data", "model"),
+    )
+
+
+def _count_parameters(module: L.LightningModule) -> dict[str, int]:
+    params = list(module.parameters())
+    return {"params/total": sum(p.numel() for p in params),
+            "params/trainable": sum(p.numel() for p in params if p.requires_grad)}
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train and test as configured. Returns (summary metrics, objects built) so tests can inspect both."""
+    started = time.perf_counter()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule: VideoDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    log.info("Data: %d classes, %s videos (train/val/test)", datamodule.num_classes,
+             "/".join(str(len(datamodule.splits[s])) for s in ("train", "val", "test")))
+    module = build_module(cfg, datamodule.class_names)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams({**_plain(cfg, "data", "model", "optimizer", "scheduler", "trainer"),
+                                "seed": cfg.get("seed"), **_count_parameters(module)})
+    objects = {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer,
+               "callbacks": callbacks, "loggers": loggers}
+
+    summary: dict[str, Any] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        summary.update(_scalars(trainer.callback_metrics))
+    best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test", True):
+        if not best_ckpt:
+            log.warning("No best checkpoint was saved (fast_dev_run?); testing the current weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_ckpt or None)
+        summary.update(_scalars(trainer.callback_metrics))
+        per_class = module.test_per_class.compute().tolist()
+        summary["test/per_class_acc"] = dict(zip(datamodule.class_names, per_class, strict=True))
+        confusion = module.test_confusion.compute().cpu().numpy()
+        summary["test/confusion_matrix"] = confusion.tolist()
+        plot_confusion_matrix(confusion, datamodule.class_names, output_dir / "confusion_matrix.png")
+
+    metrics_csv = output_dir / "metrics.csv"
+    if metrics_csv.is_file():
+        plot_curves(metrics_csv, output_dir / "curves.png")
+    last_ckpt = output_dir / "checkpoints" / "last.ckpt"
+    summary.update({
+        "class_names": datamodule.class_names,
+        "epochs_completed": trainer.current_epoch,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "best_ckpt": str(Path(best_ckpt).resolve()) if best_ckpt else None,
+        "last_ckpt": str(last_ckpt) if last_ckpt.is_file() else None,
+        "output_dir": str(output_dir),
+        "seed": cfg.get("seed"),
+    })
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _report(summary, output_dir)
+    return summary, objects
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: round(float(value), 6) for key, value in metrics.items()}
+
+
+def _report(summary: dict[str, Any], output_dir: Path) -> None:
+    shown = {k: summary[k] for k in ("val/acc_best", "test/acc", "test/acc_top5", "test/mean_class_acc")
+             if k in summary}
+    log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+    log.info("Run folder: %s", output_dir)
+    for name in ("summary.json", "metrics.csv", "confusion_matrix.png", "curves.png"):
+        if (output_dir / name).is_file():
+            log.info("  %-20s %s", name, output_dir / name)
+    if summary.get("best_ckpt"):
+        log.info("  %-20s %s", "best checkpoint", summary["best_ckpt"])
