@@ -36,6 +36,17 @@ def test_encoder_runs_all_frames_through_the_cnn_at_once() -> None:
     torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
+def test_channels_last_gives_the_same_features(backbone: str) -> None:
+    torch.manual_seed(0)
+    nchw = FrameEncoder(backbone, spatial_grid=2).eval()
+    nhwc = FrameEncoder(backbone, spatial_grid=2, channels_last=True).eval()
+    nhwc.load_state_dict(nchw.state_dict())
+    clips = torch.randn(2, 3, 3, 64, 64)
+    assert nhwc.trunk(clips[0]).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc(clips), nchw(clips), atol=1e-4, rtol=1e-4)
+
+
 def test_encoder_loads_local_weights_file(tmp_path) -> None:
     """A full torchvision classifier's state dict (with fc), nested in a checkpoint as training scripts save it."""
     source = FrameEncoder("resnet18")
@@ -44,7 +55,7 @@ def test_encoder_loads_local_weights_file(tmp_path) -> None:
     loaded = FrameEncoder("resnet18", weights=str(tmp_path / "r18.pth"))
     torch.testing.assert_close(loaded.trunk[0].weight, reference.conv1.weight)
     assert not torch.equal(source.trunk[0].weight, reference.conv1.weight)
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         FrameEncoder("resnet18", weights=str(tmp_path / "missing.pth"))
 
 

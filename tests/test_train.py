@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -44,8 +45,11 @@ def test_training_writes_checkpoints_metrics_and_plots(make_config) -> None:
     assert len(saved["test/confusion_matrix"]) == 8
     test_videos = len(objects["datamodule"].splits["test"])
     assert sum(map(sum, saved["test/confusion_matrix"])) == test_videos
-    correct = sum(saved["test/confusion_matrix"][i][i] for i in range(8))
-    assert abs(correct / test_videos - saved["test/acc"]) < 1e-6
+    confusion = saved["test/confusion_matrix"]
+    assert abs(sum(confusion[i][i] for i in range(8)) / test_videos - saved["test/acc"]) < 1e-6
+    per_class = [confusion[i][i] / sum(confusion[i]) for i in range(8)]
+    assert abs(sum(per_class) / 8 - saved["test/mean_class_acc"]) < 1e-6
+    assert saved["test/per_class_acc"] == pytest.approx(dict(zip(saved["class_names"], per_class, strict=True)))
 
 
 def test_checkpoint_is_safe_to_load_and_rebuilds_the_model(make_config) -> None:
@@ -71,3 +75,15 @@ def test_same_seed_same_run_different_seed_different_run(make_config) -> None:
     first, again, other = final_weights(0), final_weights(0), final_weights(1)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_own_class_folder_tree_trains_with_carved_splits(make_config, tiny_demo) -> None:
+    """`data=folder data.root=...` (the README's own-videos command) on a class-per-folder tree."""
+    cfg = make_config("data=folder", f"data.root={tiny_demo.split_dir('train')}", "data.val_fraction=0.2",
+                      "data.test_fraction=0.2", "debug=fdr")
+    summary, objects = train(cfg)
+    splits = objects["datamodule"].splits
+    paths = [{r.path for r in splits[s]} for s in ("train", "val", "test")]
+    assert sum(map(len, paths)) == 6 * 8 and not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    assert objects["datamodule"].class_names == sorted(tiny_demo.classes)
+    assert "test/acc" in summary

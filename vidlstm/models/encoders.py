@@ -88,16 +88,20 @@ class FrameEncoder(nn.Module):
         backbone: "tiny" or any torchvision classification model name (e.g. "resnet18", "mobilenet_v3_small").
         weights: None, a torchvision weights name ("DEFAULT"), or a local weights file.
         spatial_grid: output grid size of the spatial pooling (1 = GAP).
+        channels_last: run the CNN in NHWC memory layout (often much faster with oneDNN on CPUs and with
+            tensor cores on GPUs; same results up to float rounding).
         probe_size: input side used once at construction to discover the feature size.
     """
 
     def __init__(self, backbone: str = "tiny", weights: str | None = None, spatial_grid: int = 1,
-                 probe_size: int = 64) -> None:
+                 channels_last: bool = False, probe_size: int = 64) -> None:
         super().__init__()
         builder = BACKBONES.get(backbone)
         self.trunk = builder(weights=weights) if builder else torchvision_trunk(backbone, weights)
         self.pool = nn.AdaptiveAvgPool2d(spatial_grid)
         self.backbone, self.spatial_grid = backbone, spatial_grid
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.trunk.to(memory_format=self.memory_format)
         self.channels = self._probe_channels(probe_size)
         self.out_dim = self.channels * spatial_grid * spatial_grid
 
@@ -105,7 +109,7 @@ class FrameEncoder(nn.Module):
     def _probe_channels(self, size: int) -> int:
         was_training = self.trunk.training
         self.trunk.eval()
-        maps = self.trunk(torch.zeros(1, 3, size, size))
+        maps = self.trunk(torch.zeros(1, 3, size, size).contiguous(memory_format=self.memory_format))
         self.trunk.train(was_training)
         if maps.dim() != 4:
             raise ValueError(f"backbone {self.backbone!r}: its trunk returns shape {tuple(maps.shape)}, "
@@ -114,5 +118,5 @@ class FrameEncoder(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
-        maps = self.trunk(clips.flatten(0, 1))
-        return self.pool(maps).flatten(1).view(b, t, -1)
+        maps = self.trunk(clips.flatten(0, 1).contiguous(memory_format=self.memory_format))
+        return self.pool(maps).flatten(1).reshape(b, t, -1)

@@ -20,7 +20,9 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     }
     if num_classes > 5:
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    return MetricCollection(metrics, prefix=prefix)
+    # compute_groups=False: torchmetrics would otherwise fuse metrics whose states match after the first batch
+    # (top-1 and top-5 do when that batch is all correct) and report one metric's value under the other's name.
+    return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
 
 class VideoClassifier(L.LightningModule):
