@@ -42,6 +42,7 @@ def test_training_writes_checkpoints_metrics_and_plots(make_config) -> None:
 
     saved = json.loads((run / "summary.json").read_text())
     assert saved["test/acc"] == summary["test/acc"]
+    assert 0 < saved["fit_time_s"] < saved["wall_time_s"]
     assert len(saved["test/confusion_matrix"]) == 8
     test_videos = len(objects["datamodule"].splits["test"])
     assert sum(map(sum, saved["test/confusion_matrix"])) == test_videos

@@ -73,8 +73,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     summary: dict[str, Any] = {}
     if cfg.get("train", True):
+        fit_started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         summary.update(_scalars(trainer.callback_metrics))
+        summary["fit_time_s"] = round(time.perf_counter() - fit_started, 2)
     best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
         if not best_ckpt:
