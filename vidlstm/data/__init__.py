@@ -1,0 +1,1 @@
+"""Video data: readers, indexing, sampling, transforms, datasets."""

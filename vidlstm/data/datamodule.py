@@ -1,0 +1,143 @@
+"""LightningDataModule over video sources: indexes splits, builds datasets and DataLoaders."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from vidlstm.data.dataset import VideoClipDataset
+from vidlstm.data.index import SPLITS, VideoRecord, stable_split
+
+
+class VideoSource(Protocol):
+    def records(self) -> list[VideoRecord]: ...
+
+
+class Preparer(Protocol):
+    def prepare(self) -> Any: ...
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Clips of ``num_frames`` frames at ``image_size`` pixels, batched as (B, T, 3, H, W).
+
+    Args:
+        train: source of training videos. Class names are the sorted labels found here.
+        val / test: sources for validation and test; when None, they are carved out of ``train`` by a stable
+            hash of each file (``val_fraction`` / ``test_fraction``), so splits never change between runs.
+        train_sampler / eval_sampler: factories ``(num_frames) -> sampler`` (Hydra partials).
+        train_transform / eval_transform: factories ``(size) -> transform`` (Hydra partials).
+        prepare: optional object whose ``prepare()`` creates the data (the synthetic demo renders its videos).
+        root: the dataset's root folder, recorded in the run summary.
+    """
+
+    def __init__(
+        self,
+        train: VideoSource,
+        train_sampler: Callable[..., Callable[[int], list[int]]],
+        eval_sampler: Callable[..., Callable[[int], list[int]]],
+        train_transform: Callable[..., Callable],
+        eval_transform: Callable[..., Callable],
+        val: VideoSource | None = None,
+        test: VideoSource | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        num_frames: int = 16,
+        image_size: int = 112,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        backend: str = "auto",
+        prepare: Preparer | None = None,
+        root: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.sources = {"train": train, "val": val, "test": test}
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.num_frames, self.image_size = num_frames, image_size
+        self.train_sampler, self.eval_sampler = train_sampler(num_frames), eval_sampler(num_frames)
+        self.train_transform, self.eval_transform = train_transform(image_size), eval_transform(image_size)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.backend = backend
+        self.preparer = prepare
+        self.root = root
+        self.splits: dict[str, list[VideoRecord]] = {}
+        self.class_names: list[str] = []
+
+    def prepare_data(self) -> None:
+        if self.preparer is not None:
+            self.preparer.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        # A split without its own source is carved out of the training source.
+        fractions = [self.val_fraction if self.sources["val"] is None else 0.0,
+                     self.test_fraction if self.sources["test"] is None else 0.0]
+        splits: dict[str, list[VideoRecord]] = {split: [] for split in SPLITS}
+        for record in self.sources["train"].records():
+            splits[stable_split(record.path, *fractions)].append(record)
+        for split in ("val", "test"):
+            if self.sources[split] is not None:
+                splits[split] = self.sources[split].records()
+        self.class_names = sorted({r.label for r in splits["train"]})
+        for split in ("val", "test"):
+            unknown = sorted({r.label for r in splits[split]} - set(self.class_names))
+            if unknown:
+                raise ValueError(f"{split} split has classes absent from training data: {unknown[:10]}")
+        for split in SPLITS:
+            if not splits[split]:
+                raise ValueError(f"the {split} split is empty; add videos or change val/test fractions")
+        self.splits = splits
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self, split: str = "train") -> dict[str, int]:
+        counts = Counter(r.label for r in self.splits[split])
+        return {name: counts.get(name, 0) for name in self.class_names}
+
+    def dataset(self, split: str) -> VideoClipDataset:
+        train = split == "train"
+        return VideoClipDataset(
+            self.splits[split],
+            self.class_names,
+            self.train_sampler if train else self.eval_sampler,
+            self.train_transform if train else self.eval_transform,
+            self.backend,
+        )
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(self.splits[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints so a model maps its outputs back to class names."""
+        return {"class_names": list(self.class_names), "num_frames": self.num_frames,
+                "image_size": self.image_size}
