@@ -46,10 +46,11 @@ def make_config(tmp_path: Path, tiny_demo: DemoDataset) -> Callable[..., DictCon
     runs = itertools.count()
 
     def make(*overrides: str) -> DictConfig:
+        uses_other_data = any(o.startswith("data=") for o in overrides)
         base = [
             f"paths.data_dir={Path(tiny_demo.root).parent}",
             f"paths.log_dir={tmp_path / 'outputs'}",
-            *(f"data.prepare.{k}={v}" for k, v in TINY_DEMO.items()),
+            *(f"data.prepare.{k}={v}" for k, v in TINY_DEMO.items() if not uses_other_data),
             "data.image_size=32",
             "data.num_frames=8",
             "data.batch_size=8",

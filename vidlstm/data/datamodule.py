@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import lightning as L
 from torch.utils.data import DataLoader
 
-from vidlstm.data.dataset import VideoClipDataset
+from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, stable_split
 
 
@@ -30,6 +30,10 @@ class VideoDataModule(L.LightningDataModule):
             hash of each file (``val_fraction`` / ``test_fraction``), so splits never change between runs.
         train_sampler / eval_sampler: factories ``(num_frames) -> sampler`` (Hydra partials).
         train_transform / eval_transform: factories ``(size) -> transform`` (Hydra partials).
+        backend: video decoder ("auto" picks per file, see `vidlstm.data.video.open_video`).
+        max_bad_fraction: a stage aborts when more than this share of its clip loads failed (undecodable
+            videos are replaced by others and reported; see `vidlstm.training.callbacks.BadVideoMonitor`).
+        max_retries: replacements tried in a row for one sample before giving up.
         prepare: optional object whose ``prepare()`` creates the data (the synthetic demo renders its videos).
         root: the dataset's root folder, recorded in the run summary.
     """
@@ -53,6 +57,8 @@ class VideoDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         backend: str = "auto",
+        max_bad_fraction: float = 0.05,
+        max_retries: int = 10,
         prepare: Preparer | None = None,
         root: str | None = None,
     ) -> None:
@@ -67,6 +73,7 @@ class VideoDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.backend = backend
+        self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
         self.preparer = prepare
         self.root = root
         self.splits: dict[str, list[VideoRecord]] = {}
@@ -114,6 +121,7 @@ class VideoDataModule(L.LightningDataModule):
             self.train_sampler if train else self.eval_sampler,
             self.train_transform if train else self.eval_transform,
             self.backend,
+            self.max_retries,
         )
 
     def _loader(self, split: str) -> DataLoader:
@@ -126,6 +134,7 @@ class VideoDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            collate_fn=collate_clips,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from vidlstm.data.index import VideoRecord
-from vidlstm.data.video import open_video
+from vidlstm.data.video import VideoDecodeError, open_video
+
+
+class Failure(NamedTuple):
+    path: str
+    reason: str
+
+
+class ClipSample(NamedTuple):
+    clip: torch.Tensor  # float (T, 3, H, W)
+    label: int  # -1 if unlabelled
+    failures: list[Failure]  # videos that failed and were replaced to produce this sample
+
+
+class ClipBatch(NamedTuple):
+    clips: torch.Tensor  # (B, T, 3, H, W)
+    labels: torch.Tensor  # (B,)
+    failures: list[Failure]
+
+
+def collate_clips(samples: list[ClipSample]) -> ClipBatch:
+    """Stack clips and labels; gather every replaced video's failure so it reaches the main process."""
+    clips, labels = default_collate([(s.clip, s.label) for s in samples])
+    return ClipBatch(clips, labels, [f for s in samples for f in s.failures])
 
 
 class VideoClipDataset(Dataset):
-    """Returns ``(clip, label)``: clip float (T, 3, H, W) after ``transform``, label int (-1 if unlabelled).
+    """Returns `ClipSample`s. A video that cannot be decoded is replaced by another randomly chosen one and
+    reported in ``failures``; after ``max_retries`` failures in a row the error is raised.
 
     Readers are opened inside ``__getitem__`` (so inside DataLoader workers) and closed straight after: no
     decoder state is ever shared across forked processes.
@@ -25,12 +50,14 @@ class VideoClipDataset(Dataset):
         sampler: Callable[[int], list[int]],
         transform: Callable[[torch.Tensor], torch.Tensor],
         backend: str = "auto",
+        max_retries: int = 10,
     ) -> None:
         self.records = list(records)
         self.class_to_idx = {name: i for i, name in enumerate(class_names)}
         self.sampler = sampler
         self.transform = transform
         self.backend = backend
+        self.max_retries = max_retries
 
     def __len__(self) -> int:
         return len(self.records)
@@ -38,8 +65,20 @@ class VideoClipDataset(Dataset):
     def label_of(self, record: VideoRecord) -> int:
         return -1 if record.label is None else self.class_to_idx[record.label]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        record = self.records[index]
+    def load_clip(self, record: VideoRecord) -> torch.Tensor:
         with open_video(record.path, self.backend) as reader:
             frames = reader.get_frames(self.sampler(reader.num_frames))
-        return self.transform(frames), self.label_of(record)
+        return self.transform(frames)
+
+    def __getitem__(self, index: int) -> ClipSample:
+        failures: list[Failure] = []
+        while True:
+            record = self.records[index]
+            try:
+                return ClipSample(self.load_clip(record), self.label_of(record), failures)
+            except VideoDecodeError as err:
+                failures.append(Failure(err.path, err.reason))
+                if len(failures) > self.max_retries:
+                    raise VideoDecodeError(err.path, f"{len(failures)} videos in a row failed to decode "
+                                                     f"(data broken?); last: {err.reason}") from err
+                index = int(torch.randint(len(self.records), ()).item())

@@ -7,6 +7,7 @@ read a file surfaces as `VideoDecodeError` carrying the path and a one-line reas
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -28,6 +29,9 @@ class VideoDecodeError(RuntimeError):
         self.reason = " ".join(str(reason).split()) or "unknown decoding error"
         super().__init__(f"{self.path}: {self.reason}")
 
+    def __reduce__(self) -> tuple:  # keep (path, reason) when crossing DataLoader worker processes
+        return (VideoDecodeError, (self.path, self.reason))
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -43,17 +47,85 @@ class VideoInfo:
         return self.num_frames / self.fps if self.fps > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class StreamFacts:
+    """What a cheap PyAV look at a file tells: which stream to decode and how to show it."""
+
+    stream_index: int  # absolute index of the chosen video stream (the largest; cover art is ignored)
+    codec: str
+    num_frames: int  # container header count, or counted packets when the header has none
+    rotation: int  # degrees counter-clockwise to turn decoded frames upright (0, 90, 180, 270)
+    num_video_streams: int
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+def stream_facts(path: str | os.PathLike) -> StreamFacts:
+    """Probe ``path`` with PyAV (demux + decode one frame). Cached per (path, size, mtime) in each process."""
+    stat = Path(path).stat()
+    return _stream_facts(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _stream_facts(path: str, size: int, mtime_ns: int) -> StreamFacts:
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as err:
+        raise VideoDecodeError(path, f"not a readable media file ({_one_line(err)})") from err
+    with container:
+        videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not videos:
+            raise VideoDecodeError(path, "no video stream (audio-only or cover art only)")
+        stream = max(videos, key=lambda s: (s.codec_context.width * s.codec_context.height, -s.index))
+        codec = stream.codec_context.name
+        num_frames = int(stream.frames or 0)
+        try:
+            first = next(container.decode(stream), None)
+        except Exception as err:
+            raise VideoDecodeError(path, f"first frame does not decode ({_one_line(err)})") from err
+        if first is None:
+            raise VideoDecodeError(path, "video stream has no decodable frames")
+        rotation = round(getattr(first, "rotation", 0) or 0) % 360
+        if num_frames <= 0:  # e.g. WebM/MKV carry no frame count: count the packets (no decoding)
+            container.seek(0, stream=stream)
+            num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+        # Read everything from PyAV objects before the container closes (they point into its memory).
+        return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos))
+
+
 class VideoReader(ABC):
-    """Random access to the frames of one video file. Use as a context manager or call `close()`."""
+    """Random access to the frames of one video file. Use as a context manager or call `close()`.
+
+    Frames come out in display orientation: backends that do not apply rotation metadata themselves
+    (``applies_rotation = False``) are rotated here.
+    """
 
     backend: ClassVar[str]
+    applies_rotation: ClassVar[bool] = False
+    # Codecs this backend decodes wrongly (measured by tests/test_video_backends.py): `auto` skips it there.
+    UNRELIABLE_CODECS: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    @classmethod
+    def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
+        """Why this backend must not serve a file with these facts, or None."""
+        if facts.codec in cls.UNRELIABLE_CODECS:
+            return f"{cls.backend} decodes {facts.codec} wrongly (wrong or missing frames on random access)"
+        return None
+
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
         self.path = str(path)
+        self.facts = facts or stream_facts(path)
+        reason = self.unsuitable_reason(self.facts)
+        if reason:
+            raise VideoDecodeError(self.path, reason)
 
     @property
-    @abstractmethod
-    def num_frames(self) -> int: ...
+    def num_frames(self) -> int:
+        return self.facts.num_frames
 
     @property
     @abstractmethod
@@ -61,15 +133,22 @@ class VideoReader(ABC):
 
     @property
     @abstractmethod
-    def height(self) -> int: ...
+    def coded_size(self) -> tuple[int, int]:
+        """(height, width) of the decoded frames before rotation."""
 
     @property
-    @abstractmethod
-    def width(self) -> int: ...
+    def height(self) -> int:
+        h, w = self.coded_size
+        return w if self.facts.rotation in (90, 270) else h
+
+    @property
+    def width(self) -> int:
+        h, w = self.coded_size
+        return h if self.facts.rotation in (90, 270) else w
 
     @abstractmethod
-    def _decode_sorted_unique(self, indices: list[int]) -> np.ndarray:
-        """Decode sorted, unique, in-range indices -> uint8 array (N, H, W, 3) RGB."""
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        """Decode sorted, unique, in-range indices -> uint8 (N, 3, H, W) RGB."""
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """Frames at ``indices`` as uint8 ``(T, 3, H, W)``, in the given order (repeats allowed)."""
@@ -85,15 +164,16 @@ class VideoReader(ABC):
         except VideoDecodeError:
             raise
         except Exception as err:  # decoder libraries raise many unrelated types
-            raise VideoDecodeError(self.path, f"{self.backend} failed to decode frames: {err}") from err
-        if decoded.shape[0] != len(unique):
+            raise VideoDecodeError(self.path, f"{self.backend} failed to decode frames: {_one_line(err)}") from err
+        if decoded.shape[0] != len(unique) or decoded.dim() != 4 or decoded.shape[1] != 3:
             raise VideoDecodeError(
-                self.path, f"{self.backend} returned {decoded.shape[0]} frames for {len(unique)} indices"
+                self.path, f"{self.backend} returned shape {tuple(decoded.shape)} for {len(unique)} frames"
             )
+        if self.facts.rotation and not self.applies_rotation:
+            decoded = torch.rot90(decoded, k=self.facts.rotation // 90, dims=(2, 3))
         position = {frame: row for row, frame in enumerate(unique)}
         order = torch.as_tensor([position[i] for i in wanted])
-        frames = torch.from_numpy(np.ascontiguousarray(decoded)).permute(0, 3, 1, 2)
-        return frames.index_select(0, order).contiguous()
+        return decoded.index_select(0, order).contiguous()
 
     def info(self) -> VideoInfo:
         return VideoInfo(self.path, self.num_frames, self.fps, self.height, self.width, self.backend)
@@ -108,48 +188,76 @@ class VideoReader(ABC):
         self.close()
 
 
+def _from_hwc(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+
+
 class DecordReader(VideoReader):
-    """decord: fast seek-based random access (the default backend)."""
+    """decord: fast seek-based random access (the default). Refuses files it decodes wrongly."""
 
     backend = "decord"
+    UNRELIABLE_CODECS = frozenset({"mpeg4"})  # MPEG-4 Part 2 with B-frames: wrong frames on random access
 
-    def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
-        super().__init__(path)
+    @classmethod
+    def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
+        if facts.rotation:
+            return "decord mis-decodes rotated videos (malformed frames)"
+        if facts.num_video_streams > 1:
+            return "decord cannot choose among several video streams"
+        return super().unsuitable_reason(facts)
+
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None, num_threads: int = 1) -> None:
+        super().__init__(path, facts)
         import decord
 
         self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
-        self._num_frames = len(self._vr)
-        if self._num_frames <= 0:
-            raise VideoDecodeError(self.path, "decord found no video frames")
-        self._shape: tuple[int, int] | None = None
-
-    @property
-    def num_frames(self) -> int:
-        return self._num_frames
+        self._size: tuple[int, int] | None = None
 
     @property
     def fps(self) -> float:
         return float(self._vr.get_avg_fps())
 
-    def _frame_shape(self) -> tuple[int, int]:
-        if self._shape is None:
-            self._shape = tuple(self._vr[0].shape[:2])
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        if self._size is None:
+            self._size = tuple(self._vr[0].shape[:2])
             self._vr.seek(0)
-        return self._shape
+        return self._size
 
-    @property
-    def height(self) -> int:
-        return self._frame_shape()[0]
-
-    @property
-    def width(self) -> int:
-        return self._frame_shape()[1]
-
-    def _decode_sorted_unique(self, indices: list[int]) -> np.ndarray:
-        return self._vr.get_batch(indices).asnumpy()
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        if indices[-1] >= len(self._vr):
+            raise VideoDecodeError(self.path, f"decord sees {len(self._vr)} frames, frame {indices[-1]} requested")
+        return _from_hwc(self._vr.get_batch(indices).asnumpy())
 
     def close(self) -> None:
         self._vr = None
+
+
+class TorchCodecReader(VideoReader):
+    """torchcodec (optional extra; needs FFmpeg shared libraries): exact seeking, applies rotation itself."""
+
+    backend = "torchcodec"
+    applies_rotation = True
+    UNRELIABLE_CODECS = frozenset({"mpeg4"})  # MPEG-4 Part 2 with B-frames: runs out of frames in exact mode
+
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
+        super().__init__(path, facts)
+        from torchcodec.decoders import VideoDecoder
+
+        self._decoder = VideoDecoder(self.path, stream_index=self.facts.stream_index, seek_mode="exact")
+        self._meta = self._decoder.metadata
+
+    @property
+    def fps(self) -> float:
+        return float(self._meta.average_fps or 0.0)
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        h, w = int(self._meta.height), int(self._meta.width)
+        return (w, h) if self.facts.rotation in (90, 270) else (h, w)
+
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        return self._decoder.get_frames_at(indices).data
 
 
 class PyAVReader(VideoReader):
@@ -157,46 +265,26 @@ class PyAVReader(VideoReader):
 
     backend = "pyav"
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
+        super().__init__(path, facts)
         import av
 
         self._container = av.open(self.path)
-        if not self._container.streams.video:
-            self._container.close()
-            raise VideoDecodeError(self.path, "file has no video stream")
-        self._stream = self._container.streams.video[0]
+        self._stream = self._container.streams[self.facts.stream_index]
         self._stream.thread_type = "AUTO"
         rate = self._stream.average_rate or self._stream.guessed_rate
         self._fps = float(rate) if rate else 0.0
-        frames = int(self._stream.frames or 0)
-        if frames <= 0 and self._stream.duration and self._stream.time_base and self._fps:
-            frames = int(round(float(self._stream.duration * self._stream.time_base) * self._fps))
-        if frames <= 0:
-            self._container.close()
-            raise VideoDecodeError(self.path, "PyAV could not determine a frame count (empty video stream?)")
-        self._num_frames = frames
-
-    @property
-    def num_frames(self) -> int:
-        return self._num_frames
 
     @property
     def fps(self) -> float:
         return self._fps
 
     @property
-    def height(self) -> int:
-        return int(self._stream.codec_context.height)
+    def coded_size(self) -> tuple[int, int]:
+        return int(self._stream.codec_context.height), int(self._stream.codec_context.width)
 
-    @property
-    def width(self) -> int:
-        return int(self._stream.codec_context.width)
-
-    def _decode_sorted_unique(self, indices: list[int]) -> np.ndarray:
-        wanted = set(indices)
-        last = indices[-1]
-        out = []
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        wanted, last, out, position = set(indices), indices[-1], [], -1
         self._container.seek(0, stream=self._stream)
         for position, frame in enumerate(self._container.decode(self._stream)):
             if position in wanted:
@@ -204,17 +292,72 @@ class PyAVReader(VideoReader):
             if position >= last:
                 break
         if len(out) != len(indices):
-            raise VideoDecodeError(
-                self.path, f"stream ended after {position + 1} frames; frame {last} was requested"
-            )
-        return np.stack(out)
+            raise VideoDecodeError(self.path, f"stream ended after {position + 1} decoded frames; "
+                                              f"frame {last} was requested (the header promised {self.num_frames})")
+        return _from_hwc(np.stack(out))
 
     def close(self) -> None:
         self._container.close()
 
 
-BACKENDS: dict[str, Callable[[str], VideoReader]] = {"decord": DecordReader, "pyav": PyAVReader}
-AUTO_ORDER: tuple[str, ...] = ("decord", "pyav")
+class OpenCVReader(VideoReader):
+    """OpenCV (bundled FFmpeg): sequential grab/retrieve from the start; applies rotation itself."""
+
+    backend = "opencv"
+    applies_rotation = True
+
+    @classmethod
+    def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
+        if facts.num_video_streams > 1:
+            return "OpenCV cannot choose among several video streams"
+        return super().unsuitable_reason(facts)
+
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
+        super().__init__(path, facts)
+        import cv2
+
+        self._cv2 = cv2
+        self._cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
+        if not self._cap.isOpened():
+            raise VideoDecodeError(self.path, "OpenCV could not open the file")
+
+    @property
+    def fps(self) -> float:
+        return float(self._cap.get(self._cv2.CAP_PROP_FPS))
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        h = int(self._cap.get(self._cv2.CAP_PROP_FRAME_HEIGHT))
+        w = int(self._cap.get(self._cv2.CAP_PROP_FRAME_WIDTH))
+        return (w, h) if self.facts.rotation in (90, 270) else (h, w)
+
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        cap, cv2 = self._cap, self._cv2
+        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        wanted, out = set(indices), []
+        for position in range(indices[-1] + 1):
+            if not cap.grab():
+                raise VideoDecodeError(self.path, f"OpenCV ran out of frames at {position}; "
+                                                  f"frame {indices[-1]} was requested")
+            if position in wanted:
+                ok, image = cap.retrieve()
+                if not ok:
+                    raise VideoDecodeError(self.path, f"OpenCV could not decode frame {position}")
+                out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return _from_hwc(np.stack(out))
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+BACKENDS: dict[str, Callable[..., VideoReader]] = {
+    "decord": DecordReader,
+    "torchcodec": TorchCodecReader,
+    "pyav": PyAVReader,
+    "opencv": OpenCVReader,
+}
+AUTO_ORDER: tuple[str, ...] = ("decord", "torchcodec", "pyav", "opencv")
+_MODULES = {"decord": "decord", "torchcodec": "torchcodec.decoders", "pyav": "av", "opencv": "cv2"}
 
 
 def _check_readable_file(path: Path) -> None:
@@ -226,31 +369,48 @@ def _check_readable_file(path: Path) -> None:
         raise VideoDecodeError(path, "empty file (0 bytes)")
 
 
-def _backend_available(name: str) -> bool:
-    module = {"decord": "decord", "pyav": "av"}[name]
+@functools.cache
+def backend_available(name: str) -> bool:
+    """Whether ``name``'s library imports here (torchcodec also needs FFmpeg's shared libraries)."""
     try:
-        __import__(module)
-    except ImportError:
+        __import__(_MODULES[name])
+    except Exception:  # ImportError, or RuntimeError/OSError when native libraries are missing
         return False
     return True
 
 
-def open_video(path: str | os.PathLike, backend: str = "auto") -> VideoReader:
-    """Open ``path`` with ``backend`` ("decord", "pyav" or "auto": the first of `AUTO_ORDER` that reads it)."""
+def available_backends() -> list[str]:
+    return [name for name in AUTO_ORDER if backend_available(name)]
+
+
+def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[str] = AUTO_ORDER) -> VideoReader:
+    """Open ``path`` with ``backend``, or with "auto": the first backend in ``order`` that is installed, suits
+    the file (see `DecordReader.unsuitable_reason`) and opens it. ``reader.backend`` says which one served."""
     path = Path(path)
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose from {['auto', *BACKENDS]}")
     _check_readable_file(path)
-    names = [n for n in AUTO_ORDER if _backend_available(n)] if backend == "auto" else [backend]
+    facts = stream_facts(path)
+    if backend != "auto":
+        if not backend_available(backend):
+            raise VideoDecodeError(path, f"video backend {backend!r} is not installed or cannot load")
+        return _open_with(backend, path, facts)
     reasons = []
-    for name in names:
+    for name in (n for n in order if backend_available(n)):
         try:
-            return BACKENDS[name](str(path))
+            return _open_with(name, path, facts)
         except VideoDecodeError as err:
             reasons.append(f"{name}: {err.reason}")
-        except Exception as err:  # each library has its own exception types
-            reasons.append(f"{name}: {' '.join(str(err).split())[:200]}")
     raise VideoDecodeError(path, "; ".join(reasons) or "no video backend installed")
+
+
+def _open_with(name: str, path: Path, facts: StreamFacts) -> VideoReader:
+    try:
+        return BACKENDS[name](str(path), facts)
+    except VideoDecodeError:
+        raise
+    except Exception as err:  # each library has its own exception types
+        raise VideoDecodeError(path, _one_line(err)) from err
 
 
 def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:

@@ -67,12 +67,12 @@ class VideoClassifier(L.LightningModule):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.net(clips)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        clips, labels = batch
+    def _step(self, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clips, labels = batch[0], batch[1]  # a ClipBatch also carries the failures of replaced videos
         logits = self(clips)
         return self.criterion(logits, labels), logits, labels
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self._step(batch)
         self.train_acc(logits, labels)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -82,7 +82,7 @@ class VideoClassifier(L.LightningModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Sequence[Any], batch_idx: int) -> None:
         loss, logits, labels = self._step(batch)
         self.val_metrics.update(logits, labels)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -94,7 +94,7 @@ class VideoClassifier(L.LightningModule):
         self.val_acc_best(metrics["val/acc"])  # reset in on_train_start, so sanity-check batches don't count
         self.log("val/acc_best", self.val_acc_best.compute())
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Sequence[Any], batch_idx: int) -> None:
         loss, logits, labels = self._step(batch)
         self.test_metrics.update(logits, labels)
         self.test_per_class.update(logits, labels)

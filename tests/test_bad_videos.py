@@ -1,0 +1,88 @@
+"""Bad input never kills a run: undecodable videos are replaced, reported, and abort only past a limit."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidlstm.data.dataset import VideoClipDataset, collate_clips
+from vidlstm.data.index import VideoRecord
+from vidlstm.data.sampling import UniformSegmentSampler
+from vidlstm.training.train import train
+
+
+def _audio_only(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        silence = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        silence.sample_rate = 16000
+        for packet in [*stream.encode(silence), *stream.encode()]:
+            container.mux(packet)
+
+
+@pytest.fixture
+def messy_tree(tmp_path: Path, tiny_demo) -> tuple[Path, dict[str, str]]:
+    """The tiny demo's training videos plus four broken files, spread over the class folders."""
+    root = tmp_path / "videos"
+    shutil.copytree(tiny_demo.split_dir("train"), root)
+    good = next((root / "grow").glob("*.mp4"))
+    bad = {
+        "grow/truncated.mp4": good.read_bytes()[: good.stat().st_size // 3],
+        "shrink/zero_bytes.mp4": b"",
+        "appear/notes.mp4": b"meeting notes, not a video\n" * 50,
+    }
+    for name, content in bad.items():
+        (root / name).write_bytes(content)
+    _audio_only(root / "vanish" / "audio_only.mp4")
+    reasons = {"grow/truncated.mp4": "", "shrink/zero_bytes.mp4": "empty file", "appear/notes.mp4": "not a readable",
+               "vanish/audio_only.mp4": "no video stream"}
+    return root, {str(root / name): reason for name, reason in reasons.items()}
+
+
+def test_mixed_folder_trains_to_completion_and_reports_every_bad_file(make_config, messy_tree) -> None:
+    root, bad = messy_tree
+    cfg = make_config("data=folder", f"data.root={root}", "data.val_fraction=0.2", "data.test_fraction=0.2",
+                      "data.max_bad_fraction=0.5", "trainer.max_epochs=1", "data.batch_size=1")
+    summary, objects = train(cfg)  # batch size 1: no partial last batch is dropped, every file is tried
+    assert objects["trainer"].current_epoch == 1 and 0 <= summary["test/acc"] <= 1
+    with open(Path(cfg.paths.output_dir) / "bad_videos.csv", newline="") as f:
+        rows = {row["path"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(bad)
+    for path, reason in bad.items():
+        assert reason in rows[path]["reason"] and rows[path]["stage"] in ("train", "val", "test")
+
+
+def test_run_aborts_with_a_clear_message_past_the_limit(make_config, messy_tree) -> None:
+    root, _ = messy_tree
+    cfg = make_config("data=folder", f"data.root={root}", "data.val_fraction=0.2", "data.test_fraction=0.2",
+                      "data.max_bad_fraction=0.0", "trainer.max_epochs=1")
+    with pytest.raises(RuntimeError, match=r"failed in \w+ epoch 0, above data.max_bad_fraction=0.0.*bad_videos.csv"):
+        train(cfg)
+
+
+def test_dataset_replaces_a_bad_video_and_reports_it(tiny_demo, tmp_path: Path) -> None:
+    good = sorted(Path(tiny_demo.split_dir("train")).glob("grow/*.mp4"))[0]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    dataset = VideoClipDataset([VideoRecord(str(broken), "shrink"), VideoRecord(str(good), "grow")],
+                               ["grow", "shrink"], UniformSegmentSampler(4), lambda clip: clip.float())
+    torch.manual_seed(0)
+    sample = dataset[0]
+    assert sample.label == 0, "the replacement's own label"
+    assert sample.clip.shape == (4, 3, 32, 32)
+    assert sample.failures and all(f.path == str(broken) for f in sample.failures)
+    batch = collate_clips([sample, dataset[1]])
+    assert batch.clips.shape == (2, 4, 3, 32, 32) and batch.labels.tolist() == [0, 0]
+    assert len(batch.failures) == len(sample.failures)
+
+    all_bad = VideoClipDataset([VideoRecord(str(broken), "grow")], ["grow"], UniformSegmentSampler(4),
+                               lambda clip: clip, max_retries=3)
+    with pytest.raises(Exception, match="4 videos in a row failed"):
+        all_bad[0]

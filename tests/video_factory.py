@@ -1,0 +1,96 @@
+"""Small test videos whose frames encode their own index, in several codecs and containers."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+BITS = 6  # frame indices up to 63
+
+
+def index_frame(i: int, height: int = 64, width: int = 64) -> np.ndarray:
+    """RGB frame whose BITS vertical stripes spell ``i`` in binary (white = 1); a red bar marks the top."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    edges = np.linspace(0, width, BITS + 1).astype(int)
+    for b in range(BITS):
+        if (i >> b) & 1:
+            frame[height // 4 :, edges[b] : edges[b + 1]] = 255
+    frame[: height // 8, :, 0] = 255
+    return frame
+
+
+def read_index(frame: torch.Tensor) -> int:
+    """Inverse of `index_frame` for a decoded (3, H, W) uint8 frame."""
+    lum = frame.float().mean(0)[frame.shape[1] // 4 :]
+    edges = np.linspace(0, frame.shape[2], BITS + 1).astype(int)
+    return sum(1 << b for b in range(BITS) if lum[:, edges[b] + 1 : edges[b + 1] - 1].mean() > 127)
+
+
+# name -> (file suffix, codec, pixel format, encoder options)
+CODECS = {
+    "h264_bframes": (".mp4", "libx264", "yuv420p", {"bf": "3", "g": "12", "crf": "18"}),
+    "mpeg4_avi": (".avi", "mpeg4", "yuv420p", {"qscale": "2", "bf": "2", "g": "12"}),
+    "vp9_webm": (".webm", "libvpx-vp9", "yuv420p", {"crf": "20", "b": "0", "g": "12"}),
+    "mjpeg_avi": (".avi", "mjpeg", "yuvj420p", {"qscale": "2"}),
+}
+
+
+def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", pix_fmt: str = "yuv420p",
+                options: dict | None = None, fps: int = 10, pts_ms: list[int] | None = None,
+                audio_first: bool = False, second_video: np.ndarray | None = None) -> Path:
+    """Encode RGB ``frames`` (N, H, W, 3). ``pts_ms`` gives variable frame timing; ``audio_first`` adds a
+    silent audio stream before the video stream; ``second_video`` adds another (smaller) video stream."""
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("aac", rate=16000) if audio_first else None
+        streams = [(_video_stream(container, codec, pix_fmt, options, fps, frames, pts_ms), frames)]
+        if second_video is not None:
+            streams.append((_video_stream(container, codec, pix_fmt, options, fps, second_video, None), second_video))
+        for stream, images in streams:
+            for i, image in enumerate(images):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                if pts_ms is not None:
+                    frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        if audio is not None:
+            silence = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+            silence.sample_rate = 16000
+            for packet in [*audio.encode(silence), *audio.encode()]:
+                container.mux(packet)
+    return path
+
+
+def _video_stream(container, codec, pix_fmt, options, fps, frames, pts_ms):
+    stream = container.add_stream(codec, rate=fps)
+    stream.height, stream.width = frames.shape[1:3]
+    stream.pix_fmt = pix_fmt
+    stream.options = dict(options or {})
+    if pts_ms is not None:
+        stream.codec_context.time_base = Fraction(1, 1000)
+    return stream
+
+
+def indexed_video(path: Path, codec_name: str, num_frames: int = 40, height: int = 64, width: int = 64) -> Path:
+    suffix, codec, pix_fmt, options = CODECS[codec_name]
+    frames = np.stack([index_frame(i, height, width) for i in range(num_frames)])
+    return write_video(path.with_suffix(suffix), frames, codec, pix_fmt, options)
+
+
+def set_mp4_rotation(path: Path, degrees: int) -> None:
+    """Rewrite the video track header's display matrix (tkhd) so players rotate by ``degrees`` clockwise."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    version = data[at + 4]
+    matrix_at = at + 4 + 4 + (32 if version == 1 else 20) + 8 + 2 + 2 + 2 + 2
+    one, minus_one, w = 0x00010000, 0xFFFF0000, 0x40000000
+    a, b, c, d = {90: (0, one, minus_one, 0), 180: (minus_one, 0, 0, minus_one), 270: (0, minus_one, one, 0),
+                  0: (one, 0, 0, one)}[degrees]
+    values = [a, b, 0, c, d, 0, 0, 0, w]
+    data[matrix_at : matrix_at + 36] = b"".join(v.to_bytes(4, "big") for v in values)
+    path.write_bytes(bytes(data))

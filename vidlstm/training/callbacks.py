@@ -1,0 +1,95 @@
+"""Callbacks specific to video training."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+
+class BadVideoMonitor(L.Callback):
+    """Counts videos that failed to decode (and were replaced by others), lists them at the end of every
+    stage in ``report_path`` (path, reason, stage, epoch; one row per video), and aborts the run with a
+    clear message when a stage's failed share of clip loads exceeds the datamodule's ``max_bad_fraction``.
+    """
+
+    def __init__(self, report_path: str) -> None:
+        self.report_path = Path(report_path)
+        self.reported: dict[str, str] = {}
+        # Per stage: validation runs inside the training epoch, so the two must not share counters.
+        self.failures: dict[str, list[tuple[str, str]]] = {}
+        self.loads: dict[str, int] = {}
+
+    def _start(self, stage: str) -> None:
+        self.failures[stage], self.loads[stage] = [], 0
+
+    def _collect(self, stage: str, batch: Any) -> None:
+        failures = getattr(batch, "failures", [])
+        self.failures[stage].extend((f.path, f.reason) for f in failures)
+        self.loads[stage] += len(batch[1]) + len(failures)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start("train")
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start("val")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start("test")
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._collect("train", batch)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect("val", batch)
+
+    def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect("test", batch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._finish(trainer, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish(trainer, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._finish(trainer, "test")
+
+    def _finish(self, trainer: L.Trainer, stage: str) -> None:
+        failures, loads = self.failures.get(stage, []), self.loads.get(stage, 0)
+        if not failures:
+            return
+        new = {path: reason for path, reason in failures if path not in self.reported}
+        if new:
+            self._append_report(new, stage, trainer.current_epoch)
+            for path, reason in new.items():
+                log.warning("Skipped undecodable video %s: %s", path, reason)
+        fraction = len(failures) / max(loads, 1)
+        log.warning("%s epoch %d: %d of %d clip loads failed (%.1f%%); list in %s", stage, trainer.current_epoch,
+                    len(failures), loads, 100 * fraction, self.report_path)
+        limit = getattr(trainer.datamodule, "max_bad_fraction", 1.0)
+        if fraction > limit:
+            raise RuntimeError(
+                f"{len(failures)} of {loads} clip loads ({100 * fraction:.1f}%) failed in {stage} epoch "
+                f"{trainer.current_epoch}, above data.max_bad_fraction={limit}; the videos and reasons are in "
+                f"{self.report_path}"
+            )
+
+    def _append_report(self, rows: dict[str, str], stage: str, epoch: int) -> None:
+        self.report_path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.report_path.exists()
+        with open(self.report_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if fresh:
+                writer.writerow(["path", "reason", "stage", "epoch"])
+            writer.writerows([path, reason, stage, epoch] for path, reason in rows.items())
+        self.reported.update(rows)
