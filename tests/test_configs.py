@@ -71,6 +71,25 @@ def test_trainer_configs_compose(trainer: str, tmp_path: Path) -> None:
     assert cfg.trainer.accelerator == ("cpu" if trainer == "cpu" else "gpu")
 
 
+@pytest.mark.parametrize(
+    ("data", "overrides", "source"),
+    [
+        ("ucf101", ["data.root=/v", "data.params.splits_dir=/s", "data.params.split=2"], "UCF101SplitSource"),
+        ("hmdb51", ["data.root=/v", "data.params.splits_dir=/s"], "HMDB51SplitSource"),
+        ("list_file", ["data.train.list_file=/l/train.txt", "data.val.list_file=/l/val.csv",
+                       "data.test.list_file=/l/test.txt"], "ListFileSource"),
+        ("split_folders", ["data.root=/v"], "ClassFolderSource"),
+    ],
+)
+def test_dataset_layout_configs_instantiate(data: str, overrides: list[str], source: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"data={data}", *overrides], tmp_path / "run")
+    datamodule = instantiate(cfg.data)
+    assert type(datamodule.sources["train"]).__name__ == source
+    if data == "ucf101":
+        assert datamodule.sources["test"].split == 2 and datamodule.sources["test"].subset == "test"
+        assert datamodule.sources["val"] is None and datamodule.val_fraction == 0.1
+
+
 def test_folder_data_requires_a_root(tmp_path: Path) -> None:
     cfg = compose_config(["data=folder", f"data.root={tmp_path}/videos"], tmp_path / "run")
     assert cfg.data.train.root == f"{tmp_path}/videos"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -11,6 +12,11 @@ from torch.utils.data import DataLoader
 
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, stable_split
+
+
+def natural_key(name: str) -> tuple:
+    """Sort "2" before "10" (numeric labels from list files) and names alphabetically."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
 
 
 class VideoSource(Protocol):
@@ -36,6 +42,8 @@ class VideoDataModule(L.LightningDataModule):
         max_retries: replacements tried in a row for one sample before giving up.
         prepare: optional object whose ``prepare()`` creates the data (the synthetic demo renders its videos).
         root: the dataset's root folder, recorded in the run summary.
+        params: dataset settings the sources share through config interpolation (split files, split number),
+            kept here for the record.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class VideoDataModule(L.LightningDataModule):
         max_retries: int = 10,
         prepare: Preparer | None = None,
         root: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.sources = {"train": train, "val": val, "test": test}
@@ -76,6 +85,7 @@ class VideoDataModule(L.LightningDataModule):
         self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
         self.preparer = prepare
         self.root = root
+        self.params = dict(params or {})
         self.splits: dict[str, list[VideoRecord]] = {}
         self.class_names: list[str] = []
 
@@ -95,7 +105,7 @@ class VideoDataModule(L.LightningDataModule):
         for split in ("val", "test"):
             if self.sources[split] is not None:
                 splits[split] = self.sources[split].records()
-        self.class_names = sorted({r.label for r in splits["train"]})
+        self.class_names = sorted({r.label for r in splits["train"]}, key=natural_key)
         for split in ("val", "test"):
             unknown = sorted({r.label for r in splits[split]} - set(self.class_names))
             if unknown:

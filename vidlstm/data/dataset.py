@@ -35,6 +35,20 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     return ClipBatch(clips, labels, [f for s in samples for f in s.failures])
 
 
+def segment_frames(record: VideoRecord, num_frames: int, fps: float) -> tuple[int, int]:
+    """[first, stop) frame range of the record's segment (the whole video when it has none)."""
+    if record.start_s is None and record.end_s is None:
+        return 0, num_frames
+    if fps <= 0:
+        raise VideoDecodeError(record.path, "segment given in seconds but the video has no frame rate")
+    first = max(0, round((record.start_s or 0.0) * fps))
+    stop = num_frames if record.end_s is None else min(num_frames, round(record.end_s * fps))
+    if stop <= first:
+        raise VideoDecodeError(record.path, f"segment {record.start_s}-{record.end_s} s lies outside the video "
+                                            f"({num_frames} frames at {fps:g} fps)")
+    return first, stop
+
+
 class VideoClipDataset(Dataset):
     """Returns `ClipSample`s. A video that cannot be decoded is replaced by another randomly chosen one and
     reported in ``failures``; after ``max_retries`` failures in a row the error is raised.
@@ -67,7 +81,8 @@ class VideoClipDataset(Dataset):
 
     def load_clip(self, record: VideoRecord) -> torch.Tensor:
         with open_video(record.path, self.backend) as reader:
-            frames = reader.get_frames(self.sampler(reader.num_frames))
+            first, stop = segment_frames(record, reader.num_frames, reader.fps)
+            frames = reader.get_frames([first + i for i in self.sampler(stop - first)])
         return self.transform(frames)
 
     def __getitem__(self, index: int) -> ClipSample:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +16,13 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class VideoRecord:
-    """One video of a dataset. ``label`` is the class name (None for unlabelled inputs)."""
+    """One video of a dataset. ``label`` is the class name (None for unlabelled inputs); ``start_s`` and
+    ``end_s`` restrict it to a segment of a longer file."""
 
     path: str
     label: str | None
+    start_s: float | None = None
+    end_s: float | None = None
 
 
 class ClassFolderSource:
@@ -69,3 +74,149 @@ def stable_split(path: str, val_fraction: float, test_fraction: float) -> str:
     if u < val_fraction + test_fraction:
         return "test"
     return "train"
+
+
+def _resolve(root: Path, relative: str) -> str:
+    path = Path(relative)
+    return str(path if path.is_absolute() else root / path)
+
+
+def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    lines = path.read_text().splitlines()
+    return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+
+
+class ListFileSource:
+    """A list of videos with labels.
+
+    * text (any suffix but .csv): one ``<path> <label>`` per line, as MMAction2 / PyTorchVideo write them (the
+      path may contain spaces; the label is the last field);
+    * CSV with a header: ``path,label`` and optionally ``start_s,end_s`` to use a segment of a long video.
+
+    Relative paths resolve against ``root`` (default: the list file's folder). Integer labels can be named by
+    ``class_names_file`` (one name per line, line i = label i); otherwise the label text is the class name.
+    """
+
+    def __init__(self, list_file: str | os.PathLike, root: str | os.PathLike | None = None,
+                 class_names_file: str | os.PathLike | None = None) -> None:
+        self.list_file = Path(list_file)
+        self.root = Path(root) if root is not None else self.list_file.parent
+        self.names = (
+            [line for _, line in _read_lines(Path(class_names_file), "class names file")]
+            if class_names_file else None
+        )
+
+    def _name(self, label: str, where: str) -> str:
+        if self.names is None:
+            return label
+        if not label.isdigit() or int(label) >= len(self.names):
+            raise ValueError(f"{where}: label {label!r} is not an index into the {len(self.names)} class names")
+        return self.names[int(label)]
+
+    def records(self) -> list[VideoRecord]:
+        if self.list_file.suffix.lower() == ".csv":
+            return self._csv_records()
+        records = []
+        for number, line in _read_lines(self.list_file, "video list"):
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2:
+                raise ValueError(f"{self.list_file}:{number}: expected '<path> <label>', got {line!r}")
+            where = f"{self.list_file}:{number}"
+            records.append(VideoRecord(_resolve(self.root, parts[0]), self._name(parts[1], where)))
+        return records
+
+    def _csv_records(self) -> list[VideoRecord]:
+        if not self.list_file.is_file():
+            raise FileNotFoundError(f"{self.list_file}: video list not found")
+        with open(self.list_file, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"path", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{self.list_file}: CSV header needs columns path,label[,start_s,end_s]; "
+                                 f"missing {sorted(missing)}")
+            records = []
+            for number, row in enumerate(reader, 2):
+                where = f"{self.list_file}:{number}"
+                try:
+                    start = float(row["start_s"]) if row.get("start_s") else None
+                    end = float(row["end_s"]) if row.get("end_s") else None
+                except ValueError as err:
+                    raise ValueError(f"{where}: start_s/end_s must be numbers ({err})") from err
+                if start is not None and end is not None and end <= start:
+                    raise ValueError(f"{where}: end_s {end} is not after start_s {start}")
+                records.append(VideoRecord(_resolve(self.root, row["path"]), self._name(row["label"], where),
+                                           start, end))
+        return records
+
+    def __repr__(self) -> str:
+        return f"ListFileSource(list_file={str(self.list_file)!r})"
+
+
+class UCF101SplitSource:
+    """UCF101's official splits: ``classInd.txt``, ``trainlist0{split}.txt``, ``testlist0{split}.txt`` in
+    ``splits_dir`` (the ucfTrainTestlist folder); videos under ``root/<Class>/v_<Class>_gXX_cYY.avi``."""
+
+    def __init__(self, root: str | os.PathLike, splits_dir: str | os.PathLike, split: int = 1,
+                 subset: str = "train") -> None:
+        if split not in (1, 2, 3) or subset not in ("train", "test"):
+            raise ValueError(f"UCF101 has splits 1-3 and subsets train/test, got split={split}, subset={subset!r}")
+        self.root, self.splits_dir, self.split, self.subset = Path(root), Path(splits_dir), split, subset
+
+    def records(self) -> list[VideoRecord]:
+        class_index = {}
+        for number, line in _read_lines(self.splits_dir / "classInd.txt", "UCF101 class index"):
+            index, _, name = line.partition(" ")
+            if not index.isdigit() or not name:
+                raise ValueError(f"{self.splits_dir / 'classInd.txt'}:{number}: expected '<index> <Class>'")
+            class_index[index] = name.strip()
+        list_file = self.splits_dir / f"{self.subset}list0{self.split}.txt"
+        records = []
+        for number, line in _read_lines(list_file, "UCF101 split list"):
+            relative = line.split()[0]
+            name = Path(relative).parent.name
+            if name not in class_index.values():
+                raise ValueError(f"{list_file}:{number}: class folder {name!r} is not in classInd.txt")
+            records.append(VideoRecord(_resolve(self.root, relative), name))
+        return records
+
+    def __repr__(self) -> str:
+        return f"UCF101SplitSource(split={self.split}, subset={self.subset!r})"
+
+
+class HMDB51SplitSource:
+    """HMDB51's official splits: ``<class>_test_split{split}.txt`` files in ``splits_dir`` whose lines are
+    ``<video>.avi <id>`` (1 = train, 2 = test, 0 = unused); videos under ``root/<class>/<video>.avi``."""
+
+    _PATTERN = re.compile(r"^(?P<name>.+)_test_split(?P<split>[123])\.txt$")
+
+    def __init__(self, root: str | os.PathLike, splits_dir: str | os.PathLike, split: int = 1,
+                 subset: str = "train") -> None:
+        if split not in (1, 2, 3) or subset not in ("train", "test"):
+            raise ValueError(f"HMDB51 has splits 1-3 and subsets train/test, got split={split}, subset={subset!r}")
+        self.root, self.splits_dir, self.split, self.subset = Path(root), Path(splits_dir), split, subset
+
+    def records(self) -> list[VideoRecord]:
+        if not self.splits_dir.is_dir():
+            raise FileNotFoundError(f"{self.splits_dir}: HMDB51 split folder not found")
+        wanted = "1" if self.subset == "train" else "2"
+        records = []
+        for list_file in sorted(self.splits_dir.iterdir()):
+            match = self._PATTERN.match(list_file.name)
+            if not match or match["split"] != str(self.split):
+                continue
+            for number, line in _read_lines(list_file, "HMDB51 split list"):
+                parts = line.split()
+                if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                    raise ValueError(f"{list_file}:{number}: expected '<video> <0|1|2>', got {line!r}")
+                if parts[1] == wanted:
+                    records.append(VideoRecord(str(self.root / match["name"] / parts[0]), match["name"]))
+        if not records:
+            raise FileNotFoundError(
+                f"{self.splits_dir}: no *_test_split{self.split}.txt lists with {self.subset} videos"
+            )
+        return records
+
+    def __repr__(self) -> str:
+        return f"HMDB51SplitSource(split={self.split}, subset={self.subset!r})"
