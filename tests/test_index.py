@@ -58,7 +58,7 @@ def test_csv_segments_are_sampled_inside_the_segment(tmp_path: Path) -> None:
     assert [read_index(f) for f in dataset[0].clip] == [21, 24, 27, 30, 33]  # centres of 5 segments of 20..34
     assert [read_index(f) for f in dataset[1].clip] == [6, 18, 30, 42, 54]
     (tmp_path / "backwards.csv").write_text("path,label,start_s,end_s\nx.mp4,a,3,1\n")
-    with pytest.raises(ValueError, match="backwards.csv:2: end_s 1.0 is not after start_s 3.0"):
+    with pytest.raises(ValueError, match=r"backwards\.csv:2: end_s 1\.0 is not after start_s 3\.0"):
         ListFileSource(tmp_path / "backwards.csv").records()
 
 
@@ -75,7 +75,7 @@ def test_ucf101_official_split_files(tmp_path: Path) -> None:
     assert train == [VideoRecord(str(root / "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi"), "ApplyEyeMakeup"),
                      VideoRecord(str(root / "Basketball/v_Basketball_g08_c02.avi"), "Basketball")]
     assert test == [VideoRecord(str(root / "Basketball/v_Basketball_g01_c01.avi"), "Basketball")]
-    with pytest.raises(FileNotFoundError, match="trainlist02.txt: UCF101 split list not found"):
+    with pytest.raises(FileNotFoundError, match=r"trainlist02\.txt: UCF101 split list not found"):
         UCF101SplitSource(root, splits, split=2).records()
 
 
