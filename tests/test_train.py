@@ -88,3 +88,12 @@ def test_own_class_folder_tree_trains_with_carved_splits(make_config, tiny_demo)
     assert sum(map(len, paths)) == 6 * 8 and not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
     assert objects["datamodule"].class_names == sorted(tiny_demo.classes)
     assert "test/acc" in summary
+
+
+def test_multi_clip_testing_from_the_command_line(make_config) -> None:
+    cfg = make_config("trainer.max_epochs=1",
+                      "data.test_sampler={_target_:vidlstm.data.sampling.MultiClipSampler,_partial_:true,num_clips:3}")
+    summary, objects = train(cfg)
+    batch = next(iter(objects["datamodule"].test_dataloader()))
+    assert batch.clips.shape[1:3] == (3, 8)
+    assert 0 <= summary["test/acc"] <= 1 and sum(map(sum, summary["test/confusion_matrix"])) == 16

@@ -35,6 +35,7 @@ class VideoDataModule(L.LightningDataModule):
         val / test: sources for validation and test; when None, they are carved out of ``train`` by a stable
             hash of each file (``val_fraction`` / ``test_fraction``), so splits never change between runs.
         train_sampler / eval_sampler: factories ``(num_frames) -> sampler`` (Hydra partials).
+        test_sampler: factory for test clips (e.g. a `MultiClipSampler`); None: ``eval_sampler``.
         train_transform / eval_transform: factories ``(size) -> transform`` (Hydra partials).
         backend: video decoder ("auto" picks per file, see `vidlstm.data.video.open_video`).
         max_bad_fraction: a stage aborts when more than this share of its clip loads failed (undecodable
@@ -53,6 +54,7 @@ class VideoDataModule(L.LightningDataModule):
         eval_sampler: Callable[..., Callable[[int], list[int]]],
         train_transform: Callable[..., Callable],
         eval_transform: Callable[..., Callable],
+        test_sampler: Callable[..., Callable] | None = None,
         val: VideoSource | None = None,
         test: VideoSource | None = None,
         val_fraction: float = 0.1,
@@ -76,6 +78,7 @@ class VideoDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_frames, self.image_size = num_frames, image_size
         self.train_sampler, self.eval_sampler = train_sampler(num_frames), eval_sampler(num_frames)
+        self.test_sampler = test_sampler(num_frames) if test_sampler else self.eval_sampler
         self.train_transform, self.eval_transform = train_transform(image_size), eval_transform(image_size)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -125,10 +128,11 @@ class VideoDataModule(L.LightningDataModule):
 
     def dataset(self, split: str) -> VideoClipDataset:
         train = split == "train"
+        sampler = {"train": self.train_sampler, "test": self.test_sampler}.get(split, self.eval_sampler)
         return VideoClipDataset(
             self.splits[split],
             self.class_names,
-            self.train_sampler if train else self.eval_sampler,
+            sampler,
             self.train_transform if train else self.eval_transform,
             self.backend,
             self.max_retries,

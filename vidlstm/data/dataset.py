@@ -18,13 +18,13 @@ class Failure(NamedTuple):
 
 
 class ClipSample(NamedTuple):
-    clip: torch.Tensor  # float (T, 3, H, W)
+    clip: torch.Tensor  # float (T, 3, H, W), or (N, T, 3, H, W) for a multi-clip sampler
     label: int  # -1 if unlabelled
     failures: list[Failure]  # videos that failed and were replaced to produce this sample
 
 
 class ClipBatch(NamedTuple):
-    clips: torch.Tensor  # (B, T, 3, H, W)
+    clips: torch.Tensor  # (B, T, 3, H, W), or (B, N, T, 3, H, W) with N clips per video
     labels: torch.Tensor  # (B,)
     failures: list[Failure]
 
@@ -82,8 +82,12 @@ class VideoClipDataset(Dataset):
     def load_clip(self, record: VideoRecord) -> torch.Tensor:
         with open_video(record.path, self.backend) as reader:
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
-            frames = reader.get_frames([first + i for i in self.sampler(stop - first)])
-        return self.transform(frames)
+            sampled = self.sampler(stop - first)
+            multi = isinstance(sampled[0], list)
+            clips = sampled if multi else [sampled]
+            frames = reader.get_frames([first + i for clip in clips for i in clip])  # decoded once, all clips
+        transformed = [self.transform(part) for part in frames.split([len(c) for c in clips])]
+        return torch.stack(transformed) if multi else transformed[0]
 
     def __getitem__(self, index: int) -> ClipSample:
         failures: list[Failure] = []

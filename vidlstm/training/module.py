@@ -65,7 +65,13 @@ class VideoClassifier(L.LightningModule):
         self.val_acc_best = MaxMetric()
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.net(clips)
+        """(B, T, 3, H, W) -> logits; (B, N, T, 3, H, W) (N clips per video) -> log of the clip-averaged
+        class probabilities, which cross-entropy and the accuracies treat like logits."""
+        if clips.dim() == 5:
+            return self.net(clips)
+        b, n = clips.shape[:2]
+        probs = self.net(clips.flatten(0, 1)).view(b, n, -1).softmax(dim=-1).mean(dim=1)
+        return probs.clamp_min(1e-12).log()
 
     def _step(self, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         clips, labels = batch[0], batch[1]  # a ClipBatch also carries the failures of replaced videos
