@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
-from vidlstm.data.index import VideoRecord
+from vidlstm.data.index import ClassFolderSource, VideoRecord
+from vidlstm.data.probe import probe_records
 from vidlstm.data.sampling import UniformSegmentSampler
 from vidlstm.training.train import train
 
@@ -46,14 +47,34 @@ def messy_tree(tmp_path: Path, tiny_demo) -> tuple[Path, dict[str, str]]:
     return root, {str(root / name): reason for name, reason in reasons.items()}
 
 
-def test_mixed_folder_trains_to_completion_and_reports_every_bad_file(make_config, messy_tree) -> None:
+def _report(cfg) -> dict[str, dict]:
+    with open(Path(cfg.paths.output_dir) / "bad_videos.csv", newline="") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def test_bad_files_are_quarantined_at_startup(make_config, messy_tree) -> None:
     root, bad = messy_tree
     cfg = make_config("data=folder", f"data.root={root}", "data.val_fraction=0.2", "data.test_fraction=0.2",
-                      "data.max_bad_fraction=0.5", "trainer.max_epochs=1", "data.batch_size=1")
+                      "trainer.max_epochs=1")
+    summary, objects = train(cfg)
+    datamodule = objects["datamodule"]
+    assert datamodule.quarantined.keys() == bad.keys()
+    indexed = {r.path for split in datamodule.splits.values() for r in split}
+    assert len(indexed) == 6 * 8 and not indexed & bad.keys()
+    rows = _report(cfg)
+    assert set(rows) == set(bad)
+    for path, reason in bad.items():
+        assert reason in rows[path]["reason"] and rows[path]["stage"] == "index"
+    assert 0 <= summary["test/acc"] <= 1
+
+
+def test_without_probing_bad_files_are_replaced_during_training(make_config, messy_tree) -> None:
+    root, bad = messy_tree
+    cfg = make_config("data=folder", f"data.root={root}", "data.val_fraction=0.2", "data.test_fraction=0.2",
+                      "data.probe=false", "data.max_bad_fraction=0.5", "trainer.max_epochs=1", "data.batch_size=1")
     summary, objects = train(cfg)  # batch size 1: no partial last batch is dropped, every file is tried
     assert objects["trainer"].current_epoch == 1 and 0 <= summary["test/acc"] <= 1
-    with open(Path(cfg.paths.output_dir) / "bad_videos.csv", newline="") as f:
-        rows = {row["path"]: row for row in csv.DictReader(f)}
+    rows = _report(cfg)
     assert set(rows) == set(bad)
     for path, reason in bad.items():
         assert reason in rows[path]["reason"] and rows[path]["stage"] in ("train", "val", "test")
@@ -62,9 +83,29 @@ def test_mixed_folder_trains_to_completion_and_reports_every_bad_file(make_confi
 def test_run_aborts_with_a_clear_message_past_the_limit(make_config, messy_tree) -> None:
     root, _ = messy_tree
     cfg = make_config("data=folder", f"data.root={root}", "data.val_fraction=0.2", "data.test_fraction=0.2",
-                      "data.max_bad_fraction=0.0", "trainer.max_epochs=1")
+                      "data.probe=false", "data.max_bad_fraction=0.0", "trainer.max_epochs=1")
     with pytest.raises(RuntimeError, match=r"failed in \w+ epoch 0, above data.max_bad_fraction=0.0.*bad_videos.csv"):
         train(cfg)
+
+
+def test_probe_cache_makes_the_second_run_skip_probing(tmp_path: Path, messy_tree, monkeypatch) -> None:
+    import vidlstm.data.probe as probe_module
+
+    root, bad = messy_tree
+    records = ClassFolderSource(root).records()
+    cache = tmp_path / "probe_cache.json"
+    good, quarantined = probe_records(records, cache, workers=2)
+    assert quarantined.keys() == bad.keys() and len(good) == len(records) - len(bad)
+
+    calls = []
+    original = probe_module.probe_file
+    monkeypatch.setattr(probe_module, "probe_file", lambda path: calls.append(path) or original(path))
+    assert probe_records(records, cache, workers=0) == (good, quarantined)
+    assert calls == []
+    changed = Path(good[0].path)
+    changed.write_bytes(b"replaced by garbage")
+    _, quarantined_after = probe_records(records, cache, workers=0)
+    assert calls == [str(changed)] and str(changed) in quarantined_after
 
 
 def test_dataset_replaces_a_bad_video_and_reports_it(tiny_demo, tmp_path: Path) -> None:

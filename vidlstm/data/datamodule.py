@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -12,6 +13,9 @@ from torch.utils.data import DataLoader
 
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, stable_split
+from vidlstm.data.probe import append_bad_videos, probe_records
+
+log = logging.getLogger(__name__)
 
 
 def natural_key(name: str) -> tuple:
@@ -41,6 +45,9 @@ class VideoDataModule(L.LightningDataModule):
         max_bad_fraction: a stage aborts when more than this share of its clip loads failed (undecodable
             videos are replaced by others and reported; see `vidlstm.training.callbacks.BadVideoMonitor`).
         max_retries: replacements tried in a row for one sample before giving up.
+        probe: open every video once at setup (in parallel, cached in ``probe_cache`` by path + size + mtime)
+            and leave unreadable ones out of the index, listing them in ``quarantine_report``.
+        probe_workers: processes used for probing.
         prepare: optional object whose ``prepare()`` creates the data (the synthetic demo renders its videos).
         root: the dataset's root folder, recorded in the run summary.
         params: dataset settings the sources share through config interpolation (split files, split number),
@@ -69,6 +76,10 @@ class VideoDataModule(L.LightningDataModule):
         backend: str = "auto",
         max_bad_fraction: float = 0.05,
         max_retries: int = 10,
+        probe: bool = True,
+        probe_cache: str | None = None,
+        probe_workers: int = 2,
+        quarantine_report: str | None = None,
         prepare: Preparer | None = None,
         root: str | None = None,
         params: dict[str, Any] | None = None,
@@ -86,6 +97,9 @@ class VideoDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.backend = backend
         self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
+        self.probe, self.probe_cache, self.probe_workers = probe, probe_cache, probe_workers
+        self.quarantine_report = quarantine_report
+        self.quarantined: dict[str, str] = {}
         self.preparer = prepare
         self.root = root
         self.params = dict(params or {})
@@ -108,6 +122,8 @@ class VideoDataModule(L.LightningDataModule):
         for split in ("val", "test"):
             if self.sources[split] is not None:
                 splits[split] = self.sources[split].records()
+        if self.probe:
+            splits = self._quarantine(splits)
         self.class_names = sorted({r.label for r in splits["train"]}, key=natural_key)
         for split in ("val", "test"):
             unknown = sorted({r.label for r in splits[split]} - set(self.class_names))
@@ -117,6 +133,16 @@ class VideoDataModule(L.LightningDataModule):
             if not splits[split]:
                 raise ValueError(f"the {split} split is empty; add videos or change val/test fractions")
         self.splits = splits
+
+    def _quarantine(self, splits: dict[str, list[VideoRecord]]) -> dict[str, list[VideoRecord]]:
+        everything = [r for split in SPLITS for r in splits[split]]
+        _, self.quarantined = probe_records(everything, self.probe_cache, self.probe_workers)
+        if self.quarantined:
+            log.warning("%d unreadable videos left out of the index%s", len(self.quarantined),
+                        f"; list in {self.quarantine_report}" if self.quarantine_report else "")
+            if self.quarantine_report:
+                append_bad_videos(self.quarantine_report, self.quarantined, "index", None)
+        return {split: [r for r in records if r.path not in self.quarantined] for split, records in splits.items()}
 
     @property
     def num_classes(self) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+from vidlstm.data.probe import append_bad_videos
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,5 @@ class BadVideoMonitor(L.Callback):
             )
 
     def _append_report(self, rows: dict[str, str], stage: str, epoch: int) -> None:
-        self.report_path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.report_path.exists()
-        with open(self.report_path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if fresh:
-                writer.writerow(["path", "reason", "stage", "epoch"])
-            writer.writerows([path, reason, stage, epoch] for path, reason in rows.items())
+        append_bad_videos(self.report_path, rows, stage, epoch)
         self.reported.update(rows)

@@ -1,0 +1,102 @@
+"""Probe every video of an index once: parallel, with a progress bar, cached on disk by path + size + mtime.
+
+Unreadable files are quarantined (reported with their reason) instead of entering the index.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from vidlstm.data.index import VideoRecord
+from vidlstm.data.video import VideoDecodeError, probe
+from vidlstm.utils.progress import progress
+
+CACHE_VERSION = 1
+
+
+def probe_file(path: str) -> dict[str, Any]:
+    """Metadata of one file as plain data; ``error`` holds the reason when it cannot be read."""
+    try:
+        info = probe(path)
+    except VideoDecodeError as err:
+        return {"error": err.reason}
+    return {"num_frames": info.num_frames, "fps": info.fps, "height": info.height, "width": info.width,
+            "backend": info.backend, "error": None}
+
+
+def _file_key(path: str) -> list[int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+class ProbeCache:
+    """JSON file mapping path -> (size, mtime_ns, probe result); entries of changed files are ignored."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict] = {}
+        if self.path and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                if data.get("version") == CACHE_VERSION:
+                    self.entries = data["entries"]
+            except (ValueError, KeyError):
+                self.entries = {}  # a damaged cache is rebuilt, never trusted
+
+    def get(self, path: str) -> dict | None:
+        entry = self.entries.get(path)
+        return entry["result"] if entry and entry["key"] == _file_key(path) else None
+
+    def put(self, path: str, result: dict) -> None:
+        self.entries[path] = {"key": _file_key(path), "result": result}
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + f".{os.getpid()}.partial")
+        partial.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}))
+        partial.replace(self.path)
+
+
+def probe_records(records: list[VideoRecord], cache_path: str | os.PathLike | None = None,
+                  workers: int = 2) -> tuple[list[VideoRecord], dict[str, str]]:
+    """Split ``records`` into readable ones and {path: reason} for the rest, probing only uncached files."""
+    cache = ProbeCache(cache_path)
+    paths = sorted({r.path for r in records})
+    todo = [p for p in paths if cache.get(p) is None]
+    if todo:
+        with progress() as bar:
+            task = bar.add_task(f"Probing {len(todo)} videos", total=len(todo))
+            if workers > 0 and len(todo) > 1:
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    for path, result in zip(todo, pool.map(probe_file, todo, chunksize=8), strict=True):
+                        cache.put(path, result)
+                        bar.advance(task)
+            else:
+                for path in todo:
+                    cache.put(path, probe_file(path))
+                    bar.advance(task)
+        cache.save()
+    bad = {p: cache.get(p)["error"] for p in paths if cache.get(p)["error"]}
+    return [r for r in records if r.path not in bad], bad
+
+
+def append_bad_videos(report: str | os.PathLike, rows: dict[str, str], stage: str, epoch: int | None) -> None:
+    """Add (path, reason, stage, epoch) rows to a bad-videos CSV, writing the header for a new file."""
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not report.exists()
+    with open(report, "a", newline="") as f:
+        writer = csv.writer(f)
+        if fresh:
+            writer.writerow(["path", "reason", "stage", "epoch"])
+        writer.writerows([path, reason, stage, "" if epoch is None else epoch] for path, reason in rows.items())
