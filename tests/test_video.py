@@ -83,3 +83,16 @@ def test_bad_files_raise_decode_error_naming_the_path(tmp_path: Path, name: str,
 def test_unknown_backend_is_a_clear_error(indexed_mp4: Path) -> None:
     with pytest.raises(ValueError, match="unknown video backend 'ffmpeg-cli'"):
         open_video(indexed_mp4, "ffmpeg-cli")
+
+
+def test_a_hanging_decode_times_out_with_the_path(indexed_mp4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from vidlstm.data.video import PyAVReader
+
+    monkeypatch.setattr(PyAVReader, "_decode_sorted_unique", lambda self, indices: time.sleep(30))
+    started = time.perf_counter()
+    with (open_video(indexed_mp4, "pyav", timeout_s=0.5) as reader,
+          pytest.raises(VideoDecodeError, match=r"took longer than 0\.5 s \(timeout\)") as caught):
+        reader.get_frames([0])
+    assert time.perf_counter() - started < 5 and caught.value.path == str(indexed_mp4)

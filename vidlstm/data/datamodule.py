@@ -45,6 +45,7 @@ class VideoDataModule(L.LightningDataModule):
         max_bad_fraction: a stage aborts when more than this share of its clip loads failed (undecodable
             videos are replaced by others and reported; see `vidlstm.training.callbacks.BadVideoMonitor`).
         max_retries: replacements tried in a row for one sample before giving up.
+        decode_timeout_s: a video whose probing, opening or decoding takes longer fails (and is replaced).
         probe: open every video once at setup (in parallel, cached in ``probe_cache`` by path + size + mtime)
             and leave unreadable ones out of the index, listing them in ``quarantine_report``.
         probe_workers: processes used for probing.
@@ -76,6 +77,7 @@ class VideoDataModule(L.LightningDataModule):
         backend: str = "auto",
         max_bad_fraction: float = 0.05,
         max_retries: int = 10,
+        decode_timeout_s: float | None = 60.0,
         probe: bool = True,
         probe_cache: str | None = None,
         probe_workers: int = 2,
@@ -97,6 +99,7 @@ class VideoDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.backend = backend
         self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
+        self.decode_timeout_s = decode_timeout_s
         self.probe, self.probe_cache, self.probe_workers = probe, probe_cache, probe_workers
         self.quarantine_report = quarantine_report
         self.quarantined: dict[str, str] = {}
@@ -162,6 +165,7 @@ class VideoDataModule(L.LightningDataModule):
             self.train_transform if train else self.eval_transform,
             self.backend,
             self.max_retries,
+            self.decode_timeout_s,
         )
 
     def _loader(self, split: str) -> DataLoader:

@@ -65,6 +65,7 @@ class VideoClipDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor],
         backend: str = "auto",
         max_retries: int = 10,
+        timeout_s: float | None = 60.0,
     ) -> None:
         self.records = list(records)
         self.class_to_idx = {name: i for i, name in enumerate(class_names)}
@@ -72,6 +73,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.backend = backend
         self.max_retries = max_retries
+        self.timeout_s = timeout_s
 
     def __len__(self) -> int:
         return len(self.records)
@@ -80,7 +82,7 @@ class VideoClipDataset(Dataset):
         return -1 if record.label is None else self.class_to_idx[record.label]
 
     def load_clip(self, record: VideoRecord) -> torch.Tensor:
-        with open_video(record.path, self.backend) as reader:
+        with open_video(record.path, self.backend, timeout_s=self.timeout_s) as reader:
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
             sampled = self.sampler(stop - first)
             multi = isinstance(sampled[0], list)

@@ -7,8 +7,11 @@ read a file surfaces as `VideoDecodeError` carrying the path and a one-line reas
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+DEFAULT_TIMEOUT_S = 60.0
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
 
@@ -47,6 +51,32 @@ class VideoInfo:
         return self.num_frames / self.fps if self.fps > 0 else 0.0
 
 
+@contextlib.contextmanager
+def time_limit(seconds: float | None, path: str | os.PathLike, what: str):
+    """Raise `VideoDecodeError` if the block runs longer than ``seconds``.
+
+    Uses SIGALRM, so it applies in a process's main thread on POSIX (where DataLoader workers and probing
+    processes run their work); elsewhere the block runs unlimited. A signal interrupts Python code between
+    operations: decoders that loop in Python (PyAV, OpenCV) are stopped mid-file, a single long native call
+    (one decord/torchcodec batch) only when it returns.
+    """
+    usable = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if not seconds or not usable:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise VideoDecodeError(path, f"{what} took longer than {seconds:g} s (timeout)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @dataclass(frozen=True)
 class StreamFacts:
     """What a cheap PyAV look at a file tells: which stream to decode and how to show it."""
@@ -62,10 +92,11 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300] or type(err).__name__
 
 
-def stream_facts(path: str | os.PathLike) -> StreamFacts:
+def stream_facts(path: str | os.PathLike, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> StreamFacts:
     """Probe ``path`` with PyAV (demux + decode one frame). Cached per (path, size, mtime) in each process."""
     stat = Path(path).stat()
-    return _stream_facts(str(path), stat.st_size, stat.st_mtime_ns)
+    with time_limit(timeout_s, path, "probing"):
+        return _stream_facts(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -116,6 +147,8 @@ class VideoReader(ABC):
             return f"{cls.backend} decodes {facts.codec} wrongly (wrong or missing frames on random access)"
         return None
 
+    timeout_s: float | None = DEFAULT_TIMEOUT_S  # limit for one get_frames call (see `time_limit`)
+
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
         self.path = str(path)
         self.facts = facts or stream_facts(path)
@@ -160,7 +193,8 @@ class VideoReader(ABC):
             raise IndexError(f"{self.path}: frame indices {bad[:5]} outside [0, {self.num_frames})")
         unique = sorted(set(wanted))
         try:
-            decoded = self._decode_sorted_unique(unique)
+            with time_limit(self.timeout_s, self.path, f"decoding {len(unique)} frames with {self.backend}"):
+                decoded = self._decode_sorted_unique(unique)
         except VideoDecodeError:
             raise
         except Exception as err:  # decoder libraries raise many unrelated types
@@ -383,34 +417,39 @@ def available_backends() -> list[str]:
     return [name for name in AUTO_ORDER if backend_available(name)]
 
 
-def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[str] = AUTO_ORDER) -> VideoReader:
+def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[str] = AUTO_ORDER,
+               timeout_s: float | None = DEFAULT_TIMEOUT_S) -> VideoReader:
     """Open ``path`` with ``backend``, or with "auto": the first backend in ``order`` that is installed, suits
-    the file (see `DecordReader.unsuitable_reason`) and opens it. ``reader.backend`` says which one served."""
+    the file (see `VideoReader.unsuitable_reason`) and opens it. ``reader.backend`` says which one served.
+    Probing, opening and each `get_frames` call are limited to ``timeout_s`` seconds (None: no limit)."""
     path = Path(path)
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose from {['auto', *BACKENDS]}")
     _check_readable_file(path)
-    facts = stream_facts(path)
+    facts = stream_facts(path, timeout_s)
     if backend != "auto":
         if not backend_available(backend):
             raise VideoDecodeError(path, f"video backend {backend!r} is not installed or cannot load")
-        return _open_with(backend, path, facts)
+        return _open_with(backend, path, facts, timeout_s)
     reasons = []
     for name in (n for n in order if backend_available(n)):
         try:
-            return _open_with(name, path, facts)
+            return _open_with(name, path, facts, timeout_s)
         except VideoDecodeError as err:
             reasons.append(f"{name}: {err.reason}")
     raise VideoDecodeError(path, "; ".join(reasons) or "no video backend installed")
 
 
-def _open_with(name: str, path: Path, facts: StreamFacts) -> VideoReader:
+def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None) -> VideoReader:
     try:
-        return BACKENDS[name](str(path), facts)
+        with time_limit(timeout_s, path, f"opening with {name}"):
+            reader = BACKENDS[name](str(path), facts)
     except VideoDecodeError:
         raise
     except Exception as err:  # each library has its own exception types
         raise VideoDecodeError(path, _one_line(err)) from err
+    reader.timeout_s = timeout_s
+    return reader
 
 
 def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
