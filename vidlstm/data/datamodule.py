@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import lightning as L
 from torch.utils.data import DataLoader
 
+from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, stable_split
 from vidlstm.data.probe import append_bad_videos, probe_records
@@ -46,6 +47,8 @@ class VideoDataModule(L.LightningDataModule):
             videos are replaced by others and reported; see `vidlstm.training.callbacks.BadVideoMonitor`).
         max_retries: replacements tried in a row for one sample before giving up.
         decode_timeout_s: a video whose probing, opening or decoding takes longer fails (and is replaced).
+        frame_cache: folder for a `FrameCache` (None: decode every epoch); ``frame_cache_size`` is its short
+            side in pixels (default ``image_size``).
         probe: open every video once at setup (in parallel, cached in ``probe_cache`` by path + size + mtime)
             and leave unreadable ones out of the index, listing them in ``quarantine_report``.
         probe_workers: processes used for probing.
@@ -78,6 +81,8 @@ class VideoDataModule(L.LightningDataModule):
         max_bad_fraction: float = 0.05,
         max_retries: int = 10,
         decode_timeout_s: float | None = 60.0,
+        frame_cache: str | None = None,
+        frame_cache_size: int | None = None,
         probe: bool = True,
         probe_cache: str | None = None,
         probe_workers: int = 2,
@@ -100,6 +105,7 @@ class VideoDataModule(L.LightningDataModule):
         self.backend = backend
         self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
         self.decode_timeout_s = decode_timeout_s
+        self.frame_cache = FrameCache(frame_cache, frame_cache_size or image_size) if frame_cache else None
         self.probe, self.probe_cache, self.probe_workers = probe, probe_cache, probe_workers
         self.quarantine_report = quarantine_report
         self.quarantined: dict[str, str] = {}
@@ -166,6 +172,7 @@ class VideoDataModule(L.LightningDataModule):
             self.backend,
             self.max_retries,
             self.decode_timeout_s,
+            self.frame_cache,
         )
 
     def _loader(self, split: str) -> DataLoader:

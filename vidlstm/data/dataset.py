@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vidlstm.data.index import VideoRecord
+from vidlstm.data.cache import FrameCache
+from vidlstm.data.index import VideoRecord, segment_frames
 from vidlstm.data.video import VideoDecodeError, open_video
 
 
@@ -35,20 +37,6 @@ def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     return ClipBatch(clips, labels, [f for s in samples for f in s.failures])
 
 
-def segment_frames(record: VideoRecord, num_frames: int, fps: float) -> tuple[int, int]:
-    """[first, stop) frame range of the record's segment (the whole video when it has none)."""
-    if record.start_s is None and record.end_s is None:
-        return 0, num_frames
-    if fps <= 0:
-        raise VideoDecodeError(record.path, "segment given in seconds but the video has no frame rate")
-    first = max(0, round((record.start_s or 0.0) * fps))
-    stop = num_frames if record.end_s is None else min(num_frames, round(record.end_s * fps))
-    if stop <= first:
-        raise VideoDecodeError(record.path, f"segment {record.start_s}-{record.end_s} s lies outside the video "
-                                            f"({num_frames} frames at {fps:g} fps)")
-    return first, stop
-
-
 class VideoClipDataset(Dataset):
     """Returns `ClipSample`s. A video that cannot be decoded is replaced by another randomly chosen one and
     reported in ``failures``; after ``max_retries`` failures in a row the error is raised.
@@ -66,6 +54,7 @@ class VideoClipDataset(Dataset):
         backend: str = "auto",
         max_retries: int = 10,
         timeout_s: float | None = 60.0,
+        frame_cache: FrameCache | None = None,
     ) -> None:
         self.records = list(records)
         self.class_to_idx = {name: i for i, name in enumerate(class_names)}
@@ -74,6 +63,7 @@ class VideoClipDataset(Dataset):
         self.backend = backend
         self.max_retries = max_retries
         self.timeout_s = timeout_s
+        self.frame_cache = frame_cache
 
     def __len__(self) -> int:
         return len(self.records)
@@ -81,13 +71,26 @@ class VideoClipDataset(Dataset):
     def label_of(self, record: VideoRecord) -> int:
         return -1 if record.label is None else self.class_to_idx[record.label]
 
-    def load_clip(self, record: VideoRecord) -> torch.Tensor:
+    def _sample(self, num_frames: int) -> tuple[list[list[int]], bool]:
+        """The sampler's clip(s) as a list of index lists, and whether it gave several clips."""
+        sampled = self.sampler(num_frames)
+        multi = isinstance(sampled[0], list)
+        return (sampled if multi else [sampled]), multi
+
+    def _frames(self, record: VideoRecord) -> tuple[list[list[int]], bool, torch.Tensor]:
+        """(clips' indices, several clips?, all their frames concatenated, decoded once)."""
+        if self.frame_cache is not None:
+            cached = self.frame_cache.frames(record, self.backend, self.timeout_s)
+            clips, multi = self._sample(len(cached))
+            picked = np.ascontiguousarray(cached[[i for clip in clips for i in clip]])
+            return clips, multi, torch.from_numpy(picked).permute(0, 3, 1, 2)
         with open_video(record.path, self.backend, timeout_s=self.timeout_s) as reader:
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
-            sampled = self.sampler(stop - first)
-            multi = isinstance(sampled[0], list)
-            clips = sampled if multi else [sampled]
-            frames = reader.get_frames([first + i for clip in clips for i in clip])  # decoded once, all clips
+            clips, multi = self._sample(stop - first)
+            return clips, multi, reader.get_frames([first + i for clip in clips for i in clip])
+
+    def load_clip(self, record: VideoRecord) -> torch.Tensor:
+        clips, multi, frames = self._frames(record)
         transformed = [self.transform(part) for part in frames.split([len(c) for c in clips])]
         return torch.stack(transformed) if multi else transformed[0]
 

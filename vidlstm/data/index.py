@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidlstm.data.video import VIDEO_EXTENSIONS
+from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 
 SPLITS = ("train", "val", "test")
 
@@ -23,6 +23,20 @@ class VideoRecord:
     label: str | None
     start_s: float | None = None
     end_s: float | None = None
+
+
+def segment_frames(record: VideoRecord, num_frames: int, fps: float) -> tuple[int, int]:
+    """[first, stop) frame range of the record's segment (the whole video when it has none)."""
+    if record.start_s is None and record.end_s is None:
+        return 0, num_frames
+    if fps <= 0:
+        raise VideoDecodeError(record.path, "segment given in seconds but the video has no frame rate")
+    first = max(0, round((record.start_s or 0.0) * fps))
+    stop = num_frames if record.end_s is None else min(num_frames, round(record.end_s * fps))
+    if stop <= first:
+        raise VideoDecodeError(record.path, f"segment {record.start_s}-{record.end_s} s lies outside the video "
+                                            f"({num_frames} frames at {fps:g} fps)")
+    return first, stop
 
 
 class ClassFolderSource:

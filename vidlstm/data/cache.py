@@ -1,0 +1,72 @@
+"""Frame cache: decode each video once at training resolution into an on-disk uint8 array, so later epochs
+read frames instead of decoding them.
+
+One ``.npy`` file per video (and segment) under ``root``, named by a hash of the source path, size, mtime,
+segment and cached resolution: a changed source or resolution gets a new entry. Files are read through
+memory maps, so a clip touches only its own frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidlstm.data.index import VideoRecord, segment_frames
+from vidlstm.data.video import open_video
+
+CACHE_FORMAT = 1
+
+
+class FrameCache:
+    """Args:
+    root: folder for the cached arrays.
+    short_side: frames are resized so their shorter side has this many pixels (aspect kept).
+    chunk: frames decoded per step while building (bounds memory for long videos).
+    """
+
+    def __init__(self, root: str | os.PathLike, short_side: int, chunk: int = 64) -> None:
+        self.root, self.short_side, self.chunk = Path(root), short_side, chunk
+
+    def entry(self, record: VideoRecord) -> Path:
+        stat = os.stat(record.path)
+        key = "|".join(map(str, (CACHE_FORMAT, os.path.abspath(record.path), stat.st_size, stat.st_mtime_ns,
+                                 record.start_s, record.end_s, self.short_side)))
+        digest = hashlib.sha1(key.encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def frames(self, record: VideoRecord, backend: str = "auto", timeout_s: float | None = 60.0) -> np.ndarray:
+        """All frames of the record (its segment, if any) as a read-only (N, H, W, 3) uint8 memory map."""
+        path = self.entry(record)
+        if not path.is_file():
+            self._build(record, path, backend, timeout_s)
+        return np.load(path, mmap_mode="r")
+
+    def _build(self, record: VideoRecord, path: Path, backend: str, timeout_s: float | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
+        with open_video(record.path, backend, timeout_s=timeout_s) as reader:
+            first, stop = segment_frames(record, reader.num_frames, reader.fps)
+            height, width = self._size(reader.height, reader.width)
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(stop - first, height, width, 3))
+            for start in range(first, stop, self.chunk):
+                frames = reader.get_frames(range(start, min(start + self.chunk, stop)))
+                out[start - first : start - first + len(frames)] = self._resize(frames, height, width)
+            out.flush()
+            del out
+        partial.replace(path)  # atomic: an interrupted build leaves no half entry
+
+    def _size(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.short_side / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    @staticmethod
+    def _resize(frames: torch.Tensor, height: int, width: int) -> np.ndarray:
+        if frames.shape[-2:] != (height, width):
+            frames = F.interpolate(frames.float(), size=(height, width), mode="bilinear", antialias=True,
+                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        return frames.permute(0, 2, 3, 1).numpy()
