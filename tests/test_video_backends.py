@@ -4,6 +4,7 @@ awkward files decode correctly or fail with a one-line reason."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from pathlib import Path
 
@@ -158,3 +159,25 @@ def test_decode_error_survives_pickling() -> None:
 
     err = pickle.loads(pickle.dumps(VideoDecodeError("/videos/a.mp4", "empty file")))
     assert (err.path, err.reason, str(err)) == ("/videos/a.mp4", "empty file", "/videos/a.mp4: empty file")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc to read memory use")
+@pytest.mark.parametrize("backend", _backend_params())
+def test_memory_stays_flat_over_many_reads(codec_files: dict[str, Path], backend: str) -> None:
+    """decord issue #208 (leaks per reader): readers here are opened and closed per clip, as in training."""
+    path = codec_files["h264_bframes"]
+
+    def read_many(times: int) -> None:
+        for _ in range(times):
+            with open_video(path, backend) as reader:
+                reader.get_frames(range(0, N, 3))
+
+    read_many(50)  # warm-up: allocator pools, lazily loaded codecs
+    before = _rss_mb()
+    read_many(300)
+    assert _rss_mb() - before < 15, f"{backend} grew {_rss_mb() - before:.1f} MB over 300 reads"

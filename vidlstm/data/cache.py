@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,16 @@ class FrameCache:
     root: folder for the cached arrays.
     short_side: frames are resized so their shorter side has this many pixels (aspect kept).
     chunk: frames decoded per step while building (bounds memory for long videos).
+    keep_open: memory maps kept open per process (least recently used are closed).
     """
 
-    def __init__(self, root: str | os.PathLike, short_side: int, chunk: int = 64) -> None:
+    def __init__(self, root: str | os.PathLike, short_side: int, chunk: int = 64, keep_open: int = 256) -> None:
         self.root, self.short_side, self.chunk = Path(root), short_side, chunk
+        self.keep_open = keep_open
+        self._open: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def __getstate__(self) -> dict:  # DataLoader workers start with no open maps of their own
+        return {**self.__dict__, "_open": OrderedDict()}
 
     def entry(self, record: VideoRecord) -> Path:
         stat = os.stat(record.path)
@@ -42,9 +49,15 @@ class FrameCache:
     def frames(self, record: VideoRecord, backend: str = "auto", timeout_s: float | None = 60.0) -> np.ndarray:
         """All frames of the record (its segment, if any) as a read-only (N, H, W, 3) uint8 memory map."""
         path = self.entry(record)
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
         if not path.is_file():
             self._build(record, path, backend, timeout_s)
-        return np.load(path, mmap_mode="r")
+        frames = self._open[path] = np.load(path, mmap_mode="r")
+        if len(self._open) > self.keep_open:
+            self._open.popitem(last=False)
+        return frames
 
     def _build(self, record: VideoRecord, path: Path, backend: str, timeout_s: float | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -390,7 +390,9 @@ BACKENDS: dict[str, Callable[..., VideoReader]] = {
     "pyav": PyAVReader,
     "opencv": OpenCVReader,
 }
-AUTO_ORDER: tuple[str, ...] = ("decord", "torchcodec", "pyav", "opencv")
+# torchcodec first when installed: frame-exact and the fastest in scripts/benchmark.py data; decord leads a base
+# install (torchcodec is an optional extra needing system FFmpeg).
+AUTO_ORDER: tuple[str, ...] = ("torchcodec", "decord", "pyav", "opencv")
 _MODULES = {"decord": "decord", "torchcodec": "torchcodec.decoders", "pyav": "av", "opencv": "cv2"}
 
 
