@@ -181,3 +181,26 @@ def test_memory_stays_flat_over_many_reads(codec_files: dict[str, Path], backend
     before = _rss_mb()
     read_many(300)
     assert _rss_mb() - before < 15, f"{backend} grew {_rss_mb() - before:.1f} MB over 300 reads"
+
+
+def test_header_promising_more_frames_than_the_file_has(tmp_path: Path) -> None:
+    """A truncated faststart MP4: the header still says 40 frames; only the frames really there count."""
+    import av
+
+    full = tmp_path / "faststart.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt, stream.options = "yuv420p", {"g": "10", "bf": "0"}
+        for i in range(N):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.6)])
+    facts = stream_facts(cut)
+    assert 0 < facts.num_frames < N
+    with open_video(cut) as reader:
+        present = list(range(reader.num_frames - 1))  # the last packet may itself be cut short
+        assert [read_index(f) for f in reader.get_frames(present)] == present

@@ -32,6 +32,7 @@ def _to_float(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]
 
 def train_transform(
     size: int,
+    resize: int | None = None,
     scale: Sequence[float] = (0.6, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = False,
@@ -39,8 +40,10 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> ClipTransform:
-    """Random-resized crop to ``size``, optional horizontal flip and colour jitter, then normalise."""
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
+    """[Resize the short side to ``resize``,] random-resized crop to ``size``, optional horizontal flip and
+    colour jitter, then normalise."""
+    steps: list[v2.Transform] = [v2.Resize(resize, antialias=True)] if resize else []
+    steps.append(v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if color_jitter > 0:

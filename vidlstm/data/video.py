@@ -83,7 +83,7 @@ class StreamFacts:
 
     stream_index: int  # absolute index of the chosen video stream (the largest; cover art is ignored)
     codec: str
-    num_frames: int  # container header count, or counted packets when the header has none
+    num_frames: int  # frames really present: the header's count, capped by the packets found
     rotation: int  # degrees counter-clockwise to turn decoded frames upright (0, 90, 180, 270)
     num_video_streams: int
 
@@ -121,9 +121,11 @@ def _stream_facts(path: str, size: int, mtime_ns: int) -> StreamFacts:
         if first is None:
             raise VideoDecodeError(path, "video stream has no decodable frames")
         rotation = round(getattr(first, "rotation", 0) or 0) % 360
-        if num_frames <= 0:  # e.g. WebM/MKV carry no frame count: count the packets (no decoding)
-            container.seek(0, stream=stream)
-            num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+        # Headers can be missing (WebM/MKV) or promise frames a truncated file lacks: count the packets that
+        # are really there (demuxing only, no decoding) and never claim more than that.
+        container.seek(0, stream=stream)
+        packets = sum(1 for packet in container.demux(stream) if packet.size)
+        num_frames = min(num_frames, packets) if num_frames > 0 else packets
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos))
 

@@ -1,0 +1,32 @@
+"""Clip transforms: one random draw per clip (same crop and flip for every frame), shapes and scaling."""
+
+from __future__ import annotations
+
+import torch
+
+from vidlstm.data.transforms import eval_transform, train_transform
+
+
+def _clip() -> torch.Tensor:
+    """8 frames of the same picture: a gradient, so any crop or flip shows in the pixels."""
+    frame = torch.arange(90 * 120, dtype=torch.float32).view(1, 90, 120) / (90 * 120) * 255
+    return frame.expand(8, 3, 90, 120).round().to(torch.uint8).contiguous()
+
+
+def test_train_transform_draws_once_per_clip() -> None:
+    transform = train_transform(32, resize=48, scale=(0.3, 0.6), hflip=True, color_jitter=0.3)
+    torch.manual_seed(0)
+    for _ in range(5):
+        out = transform(_clip())
+        assert out.shape == (8, 3, 32, 32) and out.dtype == torch.float32
+        assert all(torch.equal(out[0], out[t]) for t in range(1, 8)), "every frame must get the same draw"
+    assert not torch.equal(transform(_clip()), transform(_clip())), "different clips get different draws"
+
+
+def test_eval_transform_is_deterministic_centre_crop_normalised() -> None:
+    out = eval_transform(64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))(_clip())
+    assert out.shape == (8, 3, 64, 64)
+    assert torch.equal(out, eval_transform(64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))(_clip()))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    normalised = eval_transform(64)(_clip())
+    torch.testing.assert_close(normalised[:, 0], (out[:, 0] - 0.485) / 0.229)
