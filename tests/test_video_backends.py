@@ -204,3 +204,12 @@ def test_header_promising_more_frames_than_the_file_has(tmp_path: Path) -> None:
     with open_video(cut) as reader:
         present = list(range(reader.num_frames - 1))  # the last packet may itself be cut short
         assert [read_index(f) for f in reader.get_frames(present)] == present
+
+
+def test_auto_follows_the_configured_order(codec_files: dict[str, Path]) -> None:
+    path = codec_files["vp9_webm"]
+    for order in (("pyav", "decord"), ("opencv", "pyav"), ("decord", "pyav")):
+        with open_video(path, order=order) as reader:
+            assert reader.backend == order[0]
+    with open_video(codec_files["mpeg4_avi"], order=("decord", "opencv", "pyav")) as reader:
+        assert reader.backend == "opencv", "decord is refused for mpeg4, the next in line serves"

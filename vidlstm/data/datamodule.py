@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import lightning as L
@@ -15,6 +15,7 @@ from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, stable_split
 from vidlstm.data.probe import append_bad_videos, probe_records
+from vidlstm.data.video import AUTO_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class VideoDataModule(L.LightningDataModule):
         test_sampler: factory for test clips (e.g. a `MultiClipSampler`); None: ``eval_sampler``.
         train_transform / eval_transform: factories ``(size) -> transform`` (Hydra partials).
         backend: video decoder ("auto" picks per file, see `vidlstm.data.video.open_video`).
+        backend_order: the order "auto" tries backends in.
         max_bad_fraction: a stage aborts when more than this share of its clip loads failed (undecodable
             videos are replaced by others and reported; see `vidlstm.training.callbacks.BadVideoMonitor`).
         max_retries: replacements tried in a row for one sample before giving up.
@@ -78,6 +80,7 @@ class VideoDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         backend: str = "auto",
+        backend_order: Sequence[str] = AUTO_ORDER,
         max_bad_fraction: float = 0.05,
         max_retries: int = 10,
         decode_timeout_s: float | None = 60.0,
@@ -102,7 +105,7 @@ class VideoDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.backend = backend
+        self.backend, self.backend_order = backend, tuple(backend_order)
         self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
         self.decode_timeout_s = decode_timeout_s
         self.frame_cache = FrameCache(frame_cache, frame_cache_size or image_size) if frame_cache else None
@@ -173,6 +176,7 @@ class VideoDataModule(L.LightningDataModule):
             self.max_retries,
             self.decode_timeout_s,
             self.frame_cache,
+            self.backend_order,
         )
 
     def _loader(self, split: str) -> DataLoader:

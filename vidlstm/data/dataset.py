@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, default_collate
 
 from vidlstm.data.cache import FrameCache
 from vidlstm.data.index import VideoRecord, segment_frames
-from vidlstm.data.video import VideoDecodeError, open_video
+from vidlstm.data.video import AUTO_ORDER, VideoDecodeError, open_video
 
 
 class Failure(NamedTuple):
@@ -55,6 +55,7 @@ class VideoClipDataset(Dataset):
         max_retries: int = 10,
         timeout_s: float | None = 60.0,
         frame_cache: FrameCache | None = None,
+        backend_order: Sequence[str] = AUTO_ORDER,
     ) -> None:
         self.records = list(records)
         self.class_to_idx = {name: i for i, name in enumerate(class_names)}
@@ -64,6 +65,7 @@ class VideoClipDataset(Dataset):
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.frame_cache = frame_cache
+        self.backend_order = tuple(backend_order)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,7 +86,7 @@ class VideoClipDataset(Dataset):
             clips, multi = self._sample(len(cached))
             picked = np.ascontiguousarray(cached[[i for clip in clips for i in clip]])
             return clips, multi, torch.from_numpy(picked).permute(0, 3, 1, 2).contiguous()  # NCHW: faster transforms
-        with open_video(record.path, self.backend, timeout_s=self.timeout_s) as reader:
+        with open_video(record.path, self.backend, self.backend_order, self.timeout_s) as reader:
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
             clips, multi = self._sample(stop - first)
             return clips, multi, reader.get_frames([first + i for clip in clips for i in clip])
