@@ -168,15 +168,27 @@ class ListFileSource:
         return f"ListFileSource(list_file={str(self.list_file)!r})"
 
 
-class UCF101SplitSource:
-    """UCF101's official splits: ``classInd.txt``, ``trainlist0{split}.txt``, ``testlist0{split}.txt`` in
-    ``splits_dir`` (the ucfTrainTestlist folder); videos under ``root/<Class>/v_<Class>_gXX_cYY.avi``."""
+class _OfficialSplitSource:
+    """A benchmark's published split files: ``split`` 1-3, ``subset`` "train" or "test"."""
+
+    dataset = ""
 
     def __init__(self, root: str | os.PathLike, splits_dir: str | os.PathLike, split: int = 1,
                  subset: str = "train") -> None:
         if split not in (1, 2, 3) or subset not in ("train", "test"):
-            raise ValueError(f"UCF101 has splits 1-3 and subsets train/test, got split={split}, subset={subset!r}")
+            raise ValueError(f"{self.dataset} has splits 1-3 and subsets train/test, got split={split}, "
+                             f"subset={subset!r}")
         self.root, self.splits_dir, self.split, self.subset = Path(root), Path(splits_dir), split, subset
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(split={self.split}, subset={self.subset!r})"
+
+
+class UCF101SplitSource(_OfficialSplitSource):
+    """UCF101's official splits: ``classInd.txt``, ``trainlist0{split}.txt``, ``testlist0{split}.txt`` in
+    ``splits_dir`` (the ucfTrainTestlist folder); videos under ``root/<Class>/v_<Class>_gXX_cYY.avi``."""
+
+    dataset = "UCF101"
 
     def records(self) -> list[VideoRecord]:
         class_index = {}
@@ -195,21 +207,13 @@ class UCF101SplitSource:
             records.append(VideoRecord(_resolve(self.root, relative), name))
         return records
 
-    def __repr__(self) -> str:
-        return f"UCF101SplitSource(split={self.split}, subset={self.subset!r})"
 
-
-class HMDB51SplitSource:
+class HMDB51SplitSource(_OfficialSplitSource):
     """HMDB51's official splits: ``<class>_test_split{split}.txt`` files in ``splits_dir`` whose lines are
     ``<video>.avi <id>`` (1 = train, 2 = test, 0 = unused); videos under ``root/<class>/<video>.avi``."""
 
+    dataset = "HMDB51"
     _PATTERN = re.compile(r"^(?P<name>.+)_test_split(?P<split>[123])\.txt$")
-
-    def __init__(self, root: str | os.PathLike, splits_dir: str | os.PathLike, split: int = 1,
-                 subset: str = "train") -> None:
-        if split not in (1, 2, 3) or subset not in ("train", "test"):
-            raise ValueError(f"HMDB51 has splits 1-3 and subsets train/test, got split={split}, subset={subset!r}")
-        self.root, self.splits_dir, self.split, self.subset = Path(root), Path(splits_dir), split, subset
 
     def records(self) -> list[VideoRecord]:
         if not self.splits_dir.is_dir():
@@ -231,6 +235,3 @@ class HMDB51SplitSource:
                 f"{self.splits_dir}: no *_test_split{self.split}.txt lists with {self.subset} videos"
             )
         return records
-
-    def __repr__(self) -> str:
-        return f"HMDB51SplitSource(split={self.split}, subset={self.subset!r})"
