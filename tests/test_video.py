@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from vidlstm.data.synthetic import write_mp4
-from vidlstm.data.video import BACKENDS, VideoDecodeError, open_video, probe
+from vidlstm.data.video import BACKENDS, VideoDecodeError, available_backends, open_video, probe
+
+from .video_factory import backend_params
 
 NUM_FRAMES = 24
 
@@ -33,7 +35,7 @@ def indexed_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize(
     "indices", [list(range(NUM_FRAMES)), [17, 3, 9, 0], [23, 22, 1], [5, 5, 2, 5]], ids=str
 )
@@ -48,7 +50,8 @@ def test_get_frames_returns_exactly_the_requested_frames(indexed_mp4: Path, back
 
 
 def test_backends_decode_identical_pixels(indexed_mp4: Path) -> None:
-    decoded = [open_video(indexed_mp4, b).get_frames([0, 11, 23]) for b in sorted(BACKENDS)]
+    decoded = [open_video(indexed_mp4, b).get_frames([0, 11, 23]) for b in available_backends()]
+    assert len(decoded) >= 3
     for other in decoded[1:]:
         assert torch.equal(decoded[0], other)
 

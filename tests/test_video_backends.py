@@ -14,7 +14,7 @@ import torch
 
 from vidlstm.data.video import BACKENDS, VideoDecodeError, available_backends, open_video, stream_facts
 
-from .video_factory import CODECS, index_frame, indexed_video, read_index, set_mp4_rotation, write_video
+from .video_factory import CODECS, backend_params, index_frame, indexed_video, read_index, set_mp4_rotation, write_video
 
 N = 40
 PATTERNS = {
@@ -26,18 +26,13 @@ PATTERNS = {
 }
 
 
-def _backend_params() -> list:
-    return [pytest.param(b, marks=pytest.mark.skipif(b not in available_backends(),
-                                                     reason=f"{b} cannot load here")) for b in BACKENDS]
-
-
 @pytest.fixture(scope="module")
 def codec_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("codecs")
     return {name: indexed_video(folder / name, name, N) for name in CODECS}
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("codec", sorted(CODECS))
 def test_frame_exact_or_refused(codec_files: dict[str, Path], codec: str, backend: str) -> None:
     path = codec_files[codec]
@@ -167,7 +162,7 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc to read memory use")
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", backend_params())
 def test_memory_stays_flat_over_many_reads(codec_files: dict[str, Path], backend: str) -> None:
     """decord issue #208 (leaks per reader): readers here are opened and closed per clip, as in training."""
     path = codec_files["h264_bframes"]

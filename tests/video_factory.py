@@ -7,9 +7,18 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 import torch
 
+from vidlstm.data.video import BACKENDS, available_backends
+
 BITS = 6  # frame indices up to 63
+
+
+def backend_params() -> list:
+    """Every backend as a pytest param, skipped where its library cannot load (torchcodec is optional)."""
+    return [pytest.param(b, marks=pytest.mark.skipif(b not in available_backends(), reason=f"{b} cannot load here"))
+            for b in BACKENDS]
 
 
 def index_frame(i: int, height: int = 64, width: int = 64) -> np.ndarray:
