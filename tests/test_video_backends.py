@@ -208,3 +208,16 @@ def test_auto_follows_the_configured_order(codec_files: dict[str, Path]) -> None
             assert reader.backend == order[0]
     with open_video(codec_files["mpeg4_avi"], order=("decord", "opencv", "pyav")) as reader:
         assert reader.backend == "opencv", "decord is refused for mpeg4, the next in line serves"
+
+
+@pytest.mark.skipif("decord" not in available_backends(), reason="decord cannot load here")
+def test_decord_is_refused_where_its_frame_count_disagrees(codec_files: dict[str, Path]) -> None:
+    """The trigger of decord's endless loop (#373): its own index disagreeing with the container."""
+    from vidlstm.data.video import DecordReader
+
+    path = codec_files["h264_bframes"]
+    disagreeing = dataclasses.replace(stream_facts(path), num_frames=N - 3)
+    with pytest.raises(VideoDecodeError, match=f"decord counts {N} frames where the container holds {N - 3}"):
+        DecordReader(str(path), disagreeing)
+    with DecordReader(str(path), stream_facts(path)) as reader:
+        assert reader.num_frames == N

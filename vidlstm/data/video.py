@@ -247,6 +247,10 @@ class DecordReader(VideoReader):
         import decord
 
         self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
+        if len(self._vr) != self.facts.num_frames:
+            # decord hangs or returns wrong frames when its frame index disagrees with the file (issue #373).
+            raise VideoDecodeError(self.path, f"decord counts {len(self._vr)} frames where the container holds "
+                                              f"{self.facts.num_frames}")
         self._size: tuple[int, int] | None = None
 
     @property
