@@ -6,7 +6,6 @@ import csv
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,16 +15,7 @@ from vidlstm.data.probe import probe_records
 from vidlstm.data.sampling import UniformSegmentSampler
 from vidlstm.training.train import train
 
-
-def _audio_only(path: Path) -> None:
-    import av
-
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        silence = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
-        silence.sample_rate = 16000
-        for packet in [*stream.encode(silence), *stream.encode()]:
-            container.mux(packet)
+from .video_factory import write_audio_only
 
 
 @pytest.fixture
@@ -41,7 +31,7 @@ def messy_tree(tmp_path: Path, tiny_demo) -> tuple[Path, dict[str, str]]:
     }
     for name, content in bad.items():
         (root / name).write_bytes(content)
-    _audio_only(root / "vanish" / "audio_only.mp4")
+    write_audio_only(root / "vanish" / "audio_only.mp4")
     reasons = {"grow/truncated.mp4": "", "shrink/zero_bytes.mp4": "empty file", "appear/notes.mp4": "not a readable",
                "vanish/audio_only.mp4": "no video stream"}
     return root, {str(root / name): reason for name, reason in reasons.items()}

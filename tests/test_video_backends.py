@@ -14,7 +14,16 @@ import torch
 
 from vidlstm.data.video import BACKENDS, VideoDecodeError, available_backends, open_video, stream_facts
 
-from .video_factory import CODECS, backend_params, index_frame, indexed_video, read_index, set_mp4_rotation, write_video
+from .video_factory import (
+    CODECS,
+    backend_params,
+    index_frame,
+    indexed_video,
+    read_index,
+    set_mp4_rotation,
+    write_audio_only,
+    write_video,
+)
 
 N = 40
 PATTERNS = {
@@ -136,13 +145,7 @@ def test_broken_files_fail_with_a_reason(tmp_path: Path) -> None:
     with av.open(str(zero_length), "w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    audio_only = tmp_path / "audio_only.m4a"
-    with av.open(str(audio_only), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        silence = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
-        silence.sample_rate = 16000
-        for packet in [*stream.encode(silence), *stream.encode()]:
-            container.mux(packet)
+    audio_only = write_audio_only(tmp_path / "audio_only.m4a")
     for path, reason in [(truncated, ""), (zero_length, ""), (audio_only, "no video stream")]:
         with pytest.raises(VideoDecodeError, match=reason or None) as caught, open_video(path) as reader:
             reader.get_frames(range(reader.num_frames))

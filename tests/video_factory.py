@@ -68,10 +68,22 @@ def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", pix_fmt:
             for packet in stream.encode():
                 container.mux(packet)
         if audio is not None:
-            silence = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
-            silence.sample_rate = 16000
-            for packet in [*audio.encode(silence), *audio.encode()]:
-                container.mux(packet)
+            _mux_silence(container, audio)
+    return path
+
+
+def _mux_silence(container, stream) -> None:
+    """One second of silence into an aac ``stream`` at 16 kHz."""
+    silence = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+    silence.sample_rate = 16000
+    for packet in [*stream.encode(silence), *stream.encode()]:
+        container.mux(packet)
+
+
+def write_audio_only(path: Path) -> Path:
+    """An MP4 container with one silent audio stream and no video."""
+    with av.open(str(path), "w", format="mp4") as container:
+        _mux_silence(container, container.add_stream("aac", rate=16000))
     return path
 
 

@@ -86,7 +86,8 @@ def probe_records(records: list[VideoRecord], cache_path: str | os.PathLike | No
                     cache.put(path, probe_file(path))
                     bar.advance(task)
         cache.save()
-    bad = {p: cache.get(p)["error"] for p in paths if cache.get(p)["error"]}
+    errors = {p: cache.get(p)["error"] for p in paths}
+    bad = {p: error for p, error in errors.items() if error}
     return [r for r in records if r.path not in bad], bad
 
 

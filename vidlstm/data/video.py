@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import ClassVar
 
 import numpy as np
@@ -92,15 +93,26 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300] or type(err).__name__
 
 
-def stream_facts(path: str | os.PathLike, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> StreamFacts:
-    """Probe ``path`` with PyAV (demux + decode one frame). Cached per (path, size, mtime) in each process."""
-    stat = Path(path).stat()
-    with time_limit(timeout_s, path, "probing"):
-        return _stream_facts(str(path), stat.st_size, stat.st_mtime_ns)
+_FACTS: dict[tuple[str, int, int], StreamFacts] = {}  # per process; a changed file has a new key
+_FACTS_LIMIT = 65536  # oldest entries are dropped beyond this
 
 
-@functools.lru_cache(maxsize=65536)
-def _stream_facts(path: str, size: int, mtime_ns: int) -> StreamFacts:
+def stream_facts(path: str | os.PathLike, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                 stat: os.stat_result | None = None) -> StreamFacts:
+    """Probe ``path`` with PyAV (demux + decode one frame). Cached per (path, size, mtime) in each process,
+    so the time limit is armed only for files not seen before."""
+    stat = stat or os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FACTS:
+        with time_limit(timeout_s, path, "probing"):
+            facts = _probe_stream(key[0])
+        if len(_FACTS) >= _FACTS_LIMIT:
+            del _FACTS[next(iter(_FACTS))]
+        _FACTS[key] = facts
+    return _FACTS[key]
+
+
+def _probe_stream(path: str) -> StreamFacts:
     import av
 
     try:
@@ -402,13 +414,18 @@ AUTO_ORDER: tuple[str, ...] = ("torchcodec", "decord", "pyav", "opencv")
 _MODULES = {"decord": "decord", "torchcodec": "torchcodec.decoders", "pyav": "av", "opencv": "cv2"}
 
 
-def _check_readable_file(path: Path) -> None:
-    if not path.exists():
-        raise VideoDecodeError(path, "no such file")
-    if not path.is_file():
+def _readable_file_stat(path: Path) -> os.stat_result:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError as err:
+        raise VideoDecodeError(path, "no such file") from err
+    except OSError as err:
+        raise VideoDecodeError(path, f"cannot read the file ({_one_line(err)})") from err
+    if not S_ISREG(stat.st_mode):
         raise VideoDecodeError(path, "not a regular file")
-    if path.stat().st_size == 0:
+    if stat.st_size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+    return stat
 
 
 @functools.cache
@@ -433,8 +450,7 @@ def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[s
     path = Path(path)
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose from {['auto', *BACKENDS]}")
-    _check_readable_file(path)
-    facts = stream_facts(path, timeout_s)
+    facts = stream_facts(path, timeout_s, _readable_file_stat(path))
     if backend != "auto":
         if not backend_available(backend):
             raise VideoDecodeError(path, f"video backend {backend!r} is not installed or cannot load")
