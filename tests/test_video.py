@@ -99,3 +99,52 @@ def test_a_hanging_decode_times_out_with_the_path(indexed_mp4: Path, monkeypatch
           pytest.raises(VideoDecodeError, match=r"took longer than 0\.5 s \(timeout\)") as caught):
         reader.get_frames([0])
     assert time.perf_counter() - started < 5 and caught.value.path == str(indexed_mp4)
+
+
+def test_a_native_decoder_stuck_in_one_call_is_abandoned_and_avoided(
+        indexed_mp4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decord #373: one get_batch call that never returns. A signal cannot stop it; the deadline still holds,
+    the reader is retired and `auto` serves the same file from the next backend."""
+    import threading
+    import time
+
+    from vidlstm.data import video
+    from vidlstm.data.video import DecodeStuck, DecordReader
+
+    if not video.backend_available("decord"):
+        pytest.skip("decord is not installed here")
+    monkeypatch.setattr(video, "_STUCK", set())
+    release = threading.Event()
+    calls = []
+
+    def never_returns(self: DecordReader, indices: list[int]) -> torch.Tensor:
+        calls.append(threading.current_thread().name)
+        release.wait(60)  # blocks outside the interpreter, like a native loop; SIGALRM cannot reach it here
+        raise RuntimeError("released by the test")
+
+    monkeypatch.setattr(DecordReader, "_decode_sorted_unique", never_returns)
+    try:
+        reader = open_video(indexed_mp4, "decord", timeout_s=0.5)
+        started = time.perf_counter()
+        with pytest.raises(DecodeStuck, match=r"took longer than 0\.5 s \(timeout\); the decoder thread"):
+            reader.get_frames([3, 1])
+        assert time.perf_counter() - started < 5
+        with pytest.raises(VideoDecodeError, match="still stuck in an earlier call"):
+            reader.get_frames([0])
+        assert len(calls) == 1, "a stuck reader must not be called again"
+        with open_video(indexed_mp4, "auto", order=("decord", "pyav"), timeout_s=0.5) as fallback:
+            assert fallback.backend == "pyav"
+            assert [_read_index(f) for f in fallback.get_frames([3, 1])] == [3, 1]
+    finally:
+        release.set()
+
+
+def test_native_decoders_return_the_same_frames_through_the_deadline_thread(indexed_mp4: Path) -> None:
+    from vidlstm.data.video import call_with_deadline
+
+    natives = [name for name in available_backends() if BACKENDS[name].native]
+    for name in natives:
+        with open_video(indexed_mp4, name, timeout_s=5) as reader:
+            assert [_read_index(f) for f in reader.get_frames([7, 2, 7])] == [7, 2, 7]
+    with pytest.raises(ZeroDivisionError):  # errors raised in the thread reach the caller unchanged
+        call_with_deadline(lambda: 1 / 0, 5, indexed_mp4, "dividing")

@@ -17,12 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 DEFAULT_TIMEOUT_S = 60.0
+T = TypeVar("T")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
 
@@ -58,8 +59,8 @@ def time_limit(seconds: float | None, path: str | os.PathLike, what: str):
 
     Uses SIGALRM, so it applies in a process's main thread on POSIX (where DataLoader workers and probing
     processes run their work); elsewhere the block runs unlimited. A signal interrupts Python code between
-    operations: decoders that loop in Python (PyAV, OpenCV) are stopped mid-file, a single long native call
-    (one decord/torchcodec batch) only when it returns.
+    operations, which stops decoders that loop in Python (PyAV, OpenCV) mid-file. Native decoders use
+    `call_with_deadline` instead.
     """
     usable = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
     if not seconds or not usable:
@@ -67,7 +68,7 @@ def time_limit(seconds: float | None, path: str | os.PathLike, what: str):
         return
 
     def on_alarm(signum: int, frame: object) -> None:
-        raise VideoDecodeError(path, f"{what} took longer than {seconds:g} s (timeout)")
+        raise VideoDecodeError(path, _timeout_reason(what, seconds))
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -76,6 +77,47 @@ def time_limit(seconds: float | None, path: str | os.PathLike, what: str):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+class DecodeStuck(VideoDecodeError):
+    """A native decoder call outlived its deadline; its thread was abandoned (threads cannot be killed)."""
+
+
+def call_with_deadline(call: Callable[[], T], seconds: float | None, path: str | os.PathLike, what: str) -> T:
+    """Return ``call()``, or raise `DecodeStuck` once it has run ``seconds`` without returning.
+
+    The call runs in a daemon thread while this one waits, so the deadline holds inside native code that a
+    signal cannot interrupt (one decord/torchcodec batch looping forever on a file whose index lies, decord
+    #373). Both libraries release the GIL while decoding, so waiting costs the caller nothing. A stuck call
+    keeps its thread until the process exits; callers must stop using that reader (see `VideoReader`).
+    """
+    if not seconds:
+        return call()
+    outcome: dict[str, object] = {}
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # handed to the waiting thread below
+            outcome["error"] = err
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name=f"vidlstm-decode {os.fspath(path)}", daemon=True).start()
+    if not finished.wait(seconds):
+        raise DecodeStuck(path, _timeout_reason(what, seconds) + "; the decoder thread was abandoned")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def _timeout_reason(what: str, seconds: float) -> str:
+    return f"{what} took longer than {seconds:g} s (timeout)"
+
+
+# (path, backend) pairs whose native call got stuck in this process: `open_video` never uses them again.
+_STUCK: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -151,6 +193,8 @@ class VideoReader(ABC):
 
     backend: ClassVar[str]
     applies_rotation: ClassVar[bool] = False
+    # Decodes a batch in one native call (GIL released): limited by `call_with_deadline`, not by a signal.
+    native: ClassVar[bool] = False
     # Codecs this backend decodes wrongly (measured by tests/test_video_backends.py): `auto` skips it there.
     UNRELIABLE_CODECS: ClassVar[frozenset[str]] = frozenset()
 
@@ -206,9 +250,11 @@ class VideoReader(ABC):
         if bad:
             raise IndexError(f"{self.path}: frame indices {bad[:5]} outside [0, {self.num_frames})")
         unique = sorted(set(wanted))
+        if (self.path, self.backend) in _STUCK:
+            raise VideoDecodeError(self.path, f"{self.backend} is still stuck in an earlier call on this file")
         try:
-            with time_limit(self.timeout_s, self.path, f"decoding {len(unique)} frames with {self.backend}"):
-                decoded = self._decode_sorted_unique(unique)
+            decoded = _limited(type(self), lambda: self._decode_sorted_unique(unique), self.timeout_s, self.path,
+                               f"decoding {len(unique)} frames with {self.backend}")
         except VideoDecodeError:
             raise
         except Exception as err:  # decoder libraries raise many unrelated types
@@ -244,6 +290,7 @@ class DecordReader(VideoReader):
     """decord: fast seek-based random access (the default). Refuses files it decodes wrongly."""
 
     backend = "decord"
+    native = True
     UNRELIABLE_CODECS = frozenset({"mpeg4"})  # MPEG-4 Part 2 with B-frames: wrong frames on random access
 
     @classmethod
@@ -290,6 +337,7 @@ class TorchCodecReader(VideoReader):
 
     backend = "torchcodec"
     applies_rotation = True
+    native = True
     UNRELIABLE_CODECS = frozenset({"mpeg4"})  # MPEG-4 Part 2 with B-frames: runs out of frames in exact mode
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
@@ -457,6 +505,9 @@ def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[s
         return _open_with(backend, path, facts, timeout_s)
     reasons = []
     for name in (n for n in order if backend_available(n)):
+        if (str(path), name) in _STUCK:
+            reasons.append(f"{name}: got stuck on this file earlier in this process")
+            continue
         try:
             return _open_with(name, path, facts, timeout_s)
         except VideoDecodeError as err:
@@ -466,14 +517,27 @@ def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[s
 
 def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None) -> VideoReader:
     try:
-        with time_limit(timeout_s, path, f"opening with {name}"):
-            reader = BACKENDS[name](str(path), facts)
+        reader = _limited(BACKENDS[name], lambda: BACKENDS[name](str(path), facts), timeout_s, path,
+                          f"opening with {name}")
     except VideoDecodeError:
         raise
     except Exception as err:  # each library has its own exception types
         raise VideoDecodeError(path, _one_line(err)) from err
     reader.timeout_s = timeout_s
     return reader
+
+
+def _limited(reader_type: type, call: Callable[[], T], seconds: float | None, path: str | os.PathLike,
+             what: str) -> T:
+    """``call()`` under the time limit that suits ``reader_type``; a stuck native call marks (path, backend)."""
+    if not getattr(reader_type, "native", False):
+        with time_limit(seconds, path, what):
+            return call()
+    try:
+        return call_with_deadline(call, seconds, path, what)
+    except DecodeStuck:
+        _STUCK.add((os.fspath(path), reader_type.backend))
+        raise
 
 
 def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
