@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from vidlstm.models import CNNLSTM, FrameEncoder, RecurrentEncoder, TemporalHead, TemporalPooling
+from vidlstm.models import CNNLSTM, FrameEncoder, TemporalHead, TemporalPooling
 
 
 @pytest.mark.parametrize(
@@ -71,65 +71,6 @@ def test_global_pooling_loses_position_grid_pooling_keeps_it() -> None:
         encoder.pool = nn.AdaptiveAvgPool2d(encoder.spatial_grid)
     torch.testing.assert_close(gap(left), gap(right))
     assert not torch.allclose(grid(left), grid(right))
-
-
-def _copy_and_compare(ours: RecurrentEncoder, reference: nn.RNNBase, x: torch.Tensor) -> None:
-    assert list(ours.state_dict()) == list(reference.state_dict())
-    ours.load_state_dict(reference.state_dict())
-    out, state = ours(x)
-    ref_out, ref_state = reference(x)
-    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
-    for a, b in zip(state if isinstance(state, tuple) else (state,),
-                    ref_state if isinstance(ref_state, tuple) else (ref_state,), strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    (out.square().sum()).backward()
-    (ref_out.square().sum()).backward()
-    for (name, p), (_, q) in zip(ours.rnn.named_parameters(), reference.named_parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (1, True), (2, False), (3, True)])
-def test_recurrent_encoder_equals_torch_reference(cell: str, layers: int, bidirectional: bool) -> None:
-    torch.manual_seed(0)
-    reference = (nn.LSTM if cell == "lstm" else nn.GRU)(10, 12, layers, batch_first=True,
-                                                         bidirectional=bidirectional)
-    ours = RecurrentEncoder(10, 12, layers, cell=cell, bidirectional=bidirectional)
-    _copy_and_compare(ours, reference, torch.randn(4, 7, 10))
-
-
-def test_recurrent_encoder_weights_load_into_plain_lstm() -> None:
-    ours = RecurrentEncoder(6, 5, 2, bidirectional=True)
-    reference = nn.LSTM(6, 5, 2, batch_first=True, bidirectional=True)
-    reference.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 3, 6)
-    torch.testing.assert_close(ours(x)[0], reference(x)[0])
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_variable_lengths_match_running_each_sequence_alone(bidirectional: bool) -> None:
-    torch.manual_seed(1)
-    ours = RecurrentEncoder(4, 6, 2, bidirectional=bidirectional)
-    x = torch.randn(3, 9, 4)
-    lengths = torch.tensor([9, 4, 6])
-    out, (h, _) = ours(x, lengths=lengths)
-    out_mask, _ = ours(x, mask=torch.arange(9)[None] < lengths[:, None])
-    torch.testing.assert_close(out, out_mask)
-    for b, n in enumerate(lengths.tolist()):
-        alone, (h_alone, _) = ours(x[b : b + 1, :n])
-        torch.testing.assert_close(out[b, :n], alone[0], atol=1e-5, rtol=0)
-        assert torch.all(out[b, n:] == 0)
-        torch.testing.assert_close(h[:, b], h_alone[:, 0], atol=1e-5, rtol=0)
-
-
-def test_initial_state_is_used() -> None:
-    ours = RecurrentEncoder(3, 4)
-    x = torch.randn(2, 5, 3)
-    state = (torch.randn(1, 2, 4), torch.randn(1, 2, 4))
-    reference = nn.LSTM(3, 4, batch_first=True)
-    reference.load_state_dict(ours.state_dict())
-    torch.testing.assert_close(ours(x, state=state)[0], reference(x, state)[0])
-    assert not torch.allclose(ours(x, state=state)[0], ours(x)[0])
 
 
 def test_last_pooling_bidirectional_takes_forward_last_and_backward_first() -> None:
