@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLING_MODES = ("last", "mean", "max")
+POOLING_MODES = ("last", "mean", "max", "attention")
 
 
 def valid_mask(lengths: torch.Tensor | None, batch: int, steps: int, device: torch.device) -> torch.Tensor:
@@ -21,17 +21,36 @@ class TemporalPooling(nn.Module):
     ``last``: the last valid step; for bidirectional outputs the forward half of the last valid step joined
     with the backward half of the first step (each direction's summary of the whole sequence).
     ``mean`` / ``max``: over valid steps.
+    ``attention``: learned additive attention (Bahdanau): score_t = v . tanh(W x_t + b), softmax over valid
+    steps, weighted sum. Needs ``input_size``; the last weights (B, T) are kept in ``last_weights`` and
+    returned with ``return_weights=True``.
     """
 
-    def __init__(self, mode: str = "last", num_directions: int = 1) -> None:
+    def __init__(self, mode: str = "last", num_directions: int = 1, input_size: int | None = None,
+                 attention_size: int = 64) -> None:
         super().__init__()
         if mode not in POOLING_MODES:
             raise ValueError(f"unknown temporal pooling {mode!r}; choose from {POOLING_MODES}")
         self.mode, self.num_directions = mode, num_directions
+        self.last_weights: torch.Tensor | None = None
+        if mode == "attention":
+            if input_size is None:
+                raise ValueError("attention pooling needs input_size")
+            self.project = nn.Linear(input_size, attention_size)
+            self.score = nn.Linear(attention_size, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, return_weights: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         b, t, f = x.shape
         mask = valid_mask(lengths, b, t, x.device)
+        if self.mode == "attention":
+            scores = self.score(torch.tanh(self.project(x))).squeeze(-1).masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=1)
+            self.last_weights = weights.detach()
+            pooled = torch.einsum("bt,btf->bf", weights, x)
+            return (pooled, weights) if return_weights else pooled
+        if return_weights:
+            raise ValueError(f"{self.mode!r} pooling has no attention weights")
         if self.mode == "mean":
             weights = mask.unsqueeze(-1).to(x.dtype)
             return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
@@ -43,3 +62,6 @@ class TemporalPooling(nn.Module):
             return final
         half = f // 2
         return torch.cat([final[:, :half], x[:, 0, half:]], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
