@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 
 from vidlstm.data.datamodule import VideoDataModule
 from vidlstm.models import CNNLSTM
+from vidlstm.training.train import build_module
 
 from .conftest import compose_config
 
@@ -36,8 +38,9 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -
     assert isinstance(model, CNNLSTM)
     clips = torch.randn(2, cfg.data.num_frames, 3, cfg.data.image_size, cfg.data.image_size)
     assert model(clips).shape == (2, 8)
-    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-    instantiate(cfg.scheduler)(optimizer=optimizer)
+    module = build_module(cfg, [f"c{i}" for i in range(8)], class_counts=[2] * 8)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=cfg.trainer.max_epochs)
+    assert module.configure_optimizers()["optimizer"].param_groups
 
 
 def test_no_arguments_means_the_demo(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from vidlstm.training.optim import build_scheduler, parameter_groups
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -34,8 +36,12 @@ class VideoClassifier(L.LightningModule):
         optimizer: factory ``(params) -> Optimizer`` (a Hydra ``_partial_``).
         scheduler: optional factory ``(optimizer) -> LRScheduler``.
         scheduler_interval: "epoch" or "step".
+        scheduler_monitor: metric a plateau scheduler watches.
         class_names: class names in label order; stored in every checkpoint.
         label_smoothing: cross-entropy label smoothing.
+        class_weights: per-class cross-entropy weights (see `vidlstm.training.optim.balanced_class_weights`).
+        param_groups: optimiser settings for the ``encoder`` and ``head`` parameter groups, e.g.
+            ``{"encoder": {"lr": 1e-4}}`` (see `vidlstm.training.optim.parameter_groups`).
         config: plain-data run configuration stored in checkpoints so inference can rebuild the model.
     """
 
@@ -46,17 +52,28 @@ class VideoClassifier(L.LightningModule):
         class_names: Sequence[str],
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        param_groups: Mapping[str, Mapping[str, Any] | None] | None = None,
         config: dict | None = None,
     ) -> None:
         super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.scheduler_interval = scheduler_interval
+        self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
+        self.param_groups = param_groups
         self.class_names = list(class_names)
         self.config = config
         num_classes = len(self.class_names)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        weight = None
+        if class_weights is not None:
+            weight = torch.as_tensor(list(class_weights), dtype=torch.float32)
+            if weight.shape != (num_classes,):
+                raise ValueError(f"class_weights has {weight.numel()} values for {num_classes} classes")
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
@@ -116,13 +133,15 @@ class VideoClassifier(L.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=parameter_groups(self.net, self.param_groups))
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        intervals = total_steps if self.scheduler_interval == "step" else int(self.trainer.max_epochs)
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, total_steps, intervals)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval,
-                                 "monitor": "val/loss"}}
+                                 "monitor": self.scheduler_monitor}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vidlstm"] = {"class_names": self.class_names, "config": self.config}

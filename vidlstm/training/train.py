@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidlstm.data.datamodule import VideoDataModule
 from vidlstm.training.module import VideoClassifier
+from vidlstm.training.optim import balanced_class_weights
 from vidlstm.training.plots import plot_confusion_matrix, plot_curves
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,39 @@ def _plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
     return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys if key in cfg}
 
 
-def build_module(cfg: DictConfig, class_names: list[str]) -> VideoClassifier:
+# Keys of a scheduler config that tell Lightning how to step it rather than construct it.
+SCHEDULER_STEPPING = ("interval", "monitor")
+
+
+def build_module(cfg: DictConfig, class_names: list[str], class_counts: list[int] | None = None
+                 ) -> VideoClassifier:
+    """The LightningModule for ``cfg``; ``class_counts`` (training videos per class) feed
+    ``class_weights: auto``."""
     net = instantiate(cfg.model)(num_classes=len(class_names))
+    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
+    stepping = {k: scheduler_cfg.pop(k, None) for k in SCHEDULER_STEPPING} if scheduler_cfg else {}
     return VideoClassifier(
         net=net,
         optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        scheduler_interval=cfg.get("scheduler_interval", "epoch"),
+        scheduler=instantiate(scheduler_cfg) if scheduler_cfg else None,
+        scheduler_interval=stepping.get("interval") or "epoch",
+        scheduler_monitor=stepping.get("monitor") or "val/loss",
         class_names=class_names,
         label_smoothing=cfg.get("label_smoothing", 0.0),
+        class_weights=_class_weights(cfg.get("class_weights"), class_names, class_counts),
+        param_groups=OmegaConf.to_container(cfg.param_groups) if cfg.get("param_groups") else None,
         config=_plain(cfg, "data", "model"),
     )
+
+
+def _class_weights(setting: Any, class_names: list[str], counts: list[int] | None) -> list[float] | None:
+    if setting is None:
+        return None
+    if setting == "auto":
+        if counts is None:
+            raise ValueError("class_weights=auto needs the training set's class counts")
+        return balanced_class_weights(counts).tolist()
+    return [float(w) for w in setting]
 
 
 def _count_parameters(module: L.LightningModule) -> dict[str, int]:
@@ -61,7 +84,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule.setup("fit")
     log.info("Data: %d classes, %s videos (train/val/test)", datamodule.num_classes,
              "/".join(str(len(datamodule.splits[s])) for s in ("train", "val", "test")))
-    module = build_module(cfg, datamodule.class_names)
+    module = build_module(cfg, datamodule.class_names, list(datamodule.class_counts("train").values()))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
