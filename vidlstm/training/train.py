@@ -65,6 +65,27 @@ def _class_weights(setting: Any, class_names: list[str], counts: list[int] | Non
     return [float(w) for w in setting]
 
 
+RESUMABLE = ("last.ckpt", "interrupted.ckpt")
+
+
+def resolve_ckpt_path(value: str | None, task_dir: Path, current_run: Path) -> str | None:
+    """``last``: the newest last.ckpt / interrupted.ckpt of an earlier run of this task (``task_dir`` =
+    ``<log_dir>/<task_name>``); a path is checked to exist; None stays None."""
+    if value is None:
+        return None
+    if value != "last":
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{value}: checkpoint to resume from not found")
+        return value
+    candidates = [p for name in RESUMABLE for p in task_dir.glob(f"**/checkpoints/{name}")
+                  if current_run not in p.parents]
+    if not candidates:
+        raise FileNotFoundError(f"{task_dir}: ckpt_path=last found no {' or '.join(RESUMABLE)} of an earlier run")
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("Resuming from %s", newest)
+    return str(newest)
+
+
 def _count_parameters(module: L.LightningModule) -> dict[str, int]:
     params = list(module.parameters())
     return {"params/total": sum(p.numel() for p in params),
@@ -97,7 +118,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     summary: dict[str, Any] = {}
     if cfg.get("train", True):
         fit_started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        resume = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir).resolve() / cfg.task_name,
+                                   output_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         summary.update(_scalars(trainer.callback_metrics))
         summary["fit_time_s"] = round(time.perf_counter() - fit_started, 2)
     best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -1,0 +1,104 @@
+"""Resuming: a run killed with SIGKILL continues from the newest last.ckpt of its task at the right epoch,
+with the optimizer and learning-rate schedule where they were."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidlstm.training.train import resolve_ckpt_path
+
+from .conftest import TINY_DEMO
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+
+
+def _command(tiny_demo, log_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "train.py"), "task_name=resume", "test=false",
+            f"paths.data_dir={Path(tiny_demo.root).parent}", f"paths.log_dir={log_dir}",
+            *(f"data.prepare.{k}={v}" for k, v in TINY_DEMO.items()), "data.image_size=32", "data.num_frames=8",
+            "data.batch_size=8", "data.num_workers=0", "data.persistent_workers=false",
+            "callbacks.progress_bar=null", "callbacks.model_summary=null", "callbacks.early_stopping=null",
+            f"trainer.max_epochs={EPOCHS}", *extra]
+
+
+def _saved_epoch(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # not written yet, or caught mid-write
+        return None
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_at_the_right_epoch(tiny_demo, tmp_path: Path) -> None:
+    log_dir = tmp_path / "outputs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(_command(tiny_demo, log_dir), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    killed_after = None
+    try:
+        while time.time() < deadline and first.poll() is None:
+            found = list(log_dir.glob("resume/*/checkpoints/last.ckpt"))
+            if found and (epoch := _saved_epoch(found[0])) is not None and epoch >= 1:
+                os.killpg(first.pid, signal.SIGKILL)
+                killed_after = epoch
+                break
+            time.sleep(0.1)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert killed_after is not None and killed_after < EPOCHS - 1, "the first run must be killed mid-training"
+    (first_run,) = [p for p in (log_dir / "resume").iterdir() if p.is_dir()]
+    saved = torch.load(first_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    killed_after = int(saved["epoch"])  # the last.ckpt may have advanced between the check and the kill
+    assert not (first_run / "summary.json").exists()
+    time.sleep(1.1)  # run folders are named to the second
+
+    resumed = subprocess.run(_command(tiny_demo, log_dir, "ckpt_path=last"), env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (second_run,) = [p for p in (log_dir / "resume").iterdir() if p.is_dir() and p != first_run]
+    summary = json.loads((second_run / "summary.json").read_text())
+    assert summary["epochs_completed"] == EPOCHS
+    rows = list(csv.DictReader((second_run / "metrics.csv").open()))
+    epochs = sorted({int(r["epoch"]) for r in rows if r.get("train/loss")})
+    assert epochs == list(range(killed_after + 1, EPOCHS)), "training continues after the saved epoch"
+    steps = sorted(int(r["step"]) for r in rows if r.get("train/loss"))
+    assert steps[0] > saved["global_step"], "the optimizer step count continues"
+    # The cosine schedule continues where it was: lr at epoch e is eta_min + (lr0 - eta_min)(1 + cos(pi e / T)) / 2
+    lr_column = next(k for k in rows[0] if k.startswith("lr-") and k.endswith("head"))
+    lrs = [float(r[lr_column]) for r in sorted(rows, key=lambda r: int(r["step"])) if r.get(lr_column)]
+    expected = [1e-5 + (0.003 - 1e-5) * (1 + math.cos(math.pi * e / EPOCHS)) / 2 for e in epochs]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert saved["optimizer_states"][0]["state"], "the checkpoint holds the optimizer's moments"
+
+
+def test_ckpt_path_last_picks_the_newest_earlier_run(tmp_path: Path) -> None:
+    task = tmp_path / "outputs" / "demo"
+    older, newer, current = (task / name / "checkpoints" for name in ("a", "b", "c"))
+    for folder in (older, newer, current):
+        folder.mkdir(parents=True)
+    (older / "last.ckpt").write_text("x")
+    time.sleep(0.02)
+    (newer / "interrupted.ckpt").write_text("x")
+    time.sleep(0.02)
+    (current / "last.ckpt").write_text("x")
+    assert resolve_ckpt_path("last", task, task / "c") == str(newer / "interrupted.ckpt")
+    assert resolve_ckpt_path(None, task, task / "c") is None
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last found no"):
+        resolve_ckpt_path("last", tmp_path / "outputs" / "other", task / "c")
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt: checkpoint to resume from not found"):
+        resolve_ckpt_path(str(tmp_path / "missing.ckpt"), task, task / "c")
