@@ -51,6 +51,8 @@ class VideoDataModule(L.LightningDataModule):
         decode_timeout_s: a video whose probing, opening or decoding takes longer fails (and is replaced).
         frame_cache: folder for a `FrameCache` (None: decode every epoch); ``frame_cache_size`` is its short
             side in pixels (default ``image_size``).
+        feature_cache: train the head from cached features of a frozen encoder (see
+            `vidlstm.data.features`); ``feature_cache_dir`` holds them as ``feature_dtype``.
         probe: open every video once at setup (in parallel, cached in ``probe_cache`` by path + size + mtime)
             and leave unreadable ones out of the index, listing them in ``quarantine_report``.
         probe_workers: processes used for probing.
@@ -86,6 +88,9 @@ class VideoDataModule(L.LightningDataModule):
         decode_timeout_s: float | None = 60.0,
         frame_cache: str | None = None,
         frame_cache_size: int | None = None,
+        feature_cache: bool = False,
+        feature_cache_dir: str | None = None,
+        feature_dtype: str = "float16",
         probe: bool = True,
         probe_cache: str | None = None,
         probe_workers: int = 2,
@@ -109,6 +114,9 @@ class VideoDataModule(L.LightningDataModule):
         self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
         self.decode_timeout_s = decode_timeout_s
         self.frame_cache = FrameCache(frame_cache, frame_cache_size or image_size) if frame_cache else None
+        if feature_cache and not feature_cache_dir:
+            raise ValueError("feature_cache=true needs feature_cache_dir (where the features are stored)")
+        self.feature_cache, self.feature_cache_dir, self.feature_dtype = feature_cache, feature_cache_dir, feature_dtype
         self.probe, self.probe_cache, self.probe_workers = probe, probe_cache, probe_workers
         self.quarantine_report = quarantine_report
         self.quarantined: dict[str, str] = {}

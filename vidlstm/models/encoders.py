@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -214,13 +215,30 @@ class FrameEncoder(nn.Module):
                              "not (N, C, H, W) feature maps; pick a convolutional backbone")
         return int(maps.shape[1])
 
-    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, out_dim)."""
+    def trunk_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, channels * grid^2): the CNN and spatial pooling, before any projection. With
+        freeze="all" this part is fixed, which is what the feature cache stores."""
         frames = frames.contiguous(memory_format=self.memory_format)
         chunks = frames.split(self.chunk_size) if self.chunk_size else (frames,)
-        pooled = torch.cat([self.pool(self.trunk(chunk)).flatten(1) for chunk in chunks])
-        return self.projection(pooled) if self.projection is not None else pooled
+        return torch.cat([self.pool(self.trunk(chunk)).flatten(1) for chunk in chunks])
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Trunk features (..., channels * grid^2) -> (..., out_dim): the optional projection."""
+        return self.projection(features) if self.projection is not None else features
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, out_dim)."""
+        return self.project(self.trunk_features(frames))
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         b, t = clips.shape[:2]
         return self.frame_features(clips.flatten(0, 1)).reshape(b, t, -1)
+
+    def fingerprint(self) -> str:
+        """A hash of everything `trunk_features` depends on: backbone, pooling and the trunk's weights and
+        buffers. Changes whenever cached features would."""
+        digest = hashlib.sha1(f"{self.backbone}|{self.spatial_grid}".encode())
+        for name, tensor in sorted(self.trunk.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]

@@ -38,6 +38,7 @@ class TemporalPooling(nn.Module):
                 raise ValueError("attention pooling needs input_size")
             self.project = nn.Linear(input_size, attention_size)
             self.score = nn.Linear(attention_size, 1, bias=False)
+            nn.init.zeros_(self.score.weight)  # starts as mean pooling over valid steps, then learns to focus
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, return_weights: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

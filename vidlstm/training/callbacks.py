@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,25 @@ class BadVideoMonitor(L.Callback):
     def _append_report(self, rows: dict[str, str], stage: str, epoch: int) -> None:
         append_bad_videos(self.report_path, rows, stage, epoch)
         self.reported.update(rows)
+
+
+class EpochTimer(L.Callback):
+    """Wall time of each training epoch (validation included), in ``epoch_times_s``; train() reports the
+    median as ``epoch_time_s``."""
+
+    def __init__(self) -> None:
+        self.epoch_times_s: list[float] = []
+        self._started: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._started is not None and not trainer.sanity_checking:
+            self.epoch_times_s.append(round(time.perf_counter() - self._started, 4))
+            self._started = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._started is not None and not trainer.enable_validation:
+            self.epoch_times_s.append(round(time.perf_counter() - self._started, 4))
+            self._started = None

@@ -43,6 +43,8 @@ class VideoClassifier(L.LightningModule):
         param_groups: optimiser settings for the ``encoder`` and ``head`` parameter groups, e.g.
             ``{"encoder": {"lr": 1e-4}}`` (see `vidlstm.training.optim.parameter_groups`).
         config: plain-data run configuration stored in checkpoints so inference can rebuild the model.
+        inputs: "clips" (frames through the whole net) or "features" (cached encoder trunk features
+            (B, T, D) go through the encoder's projection and the head only; see `vidlstm.data.features`).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class VideoClassifier(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         param_groups: Mapping[str, Mapping[str, Any] | None] | None = None,
         config: dict | None = None,
+        inputs: str = "clips",
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -65,6 +68,9 @@ class VideoClassifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         self.param_groups = param_groups
+        if inputs not in ("clips", "features"):
+            raise ValueError(f"inputs must be 'clips' or 'features', got {inputs!r}")
+        self.inputs = inputs
         self.class_names = list(class_names)
         self.config = config
         num_classes = len(self.class_names)
@@ -81,13 +87,20 @@ class VideoClassifier(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
 
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inputs == "features":
+            return self.net.head(self.net.encoder.project(x))
+        return self.net(x)
+
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> logits; (B, N, T, 3, H, W) (N clips per video) -> log of the clip-averaged
-        class probabilities, which cross-entropy and the accuracies treat like logits."""
-        if clips.dim() == 5:
-            return self.net(clips)
+        class probabilities, which cross-entropy and the accuracies treat like logits. With
+        ``inputs="features"`` the same with (B, [N,] T, D) features."""
+        single = 3 if self.inputs == "features" else 5
+        if clips.dim() == single:
+            return self._net(clips)
         b, n = clips.shape[:2]
-        probs = self.net(clips.flatten(0, 1)).view(b, n, -1).softmax(dim=-1).mean(dim=1)
+        probs = self._net(clips.flatten(0, 1)).view(b, n, -1).softmax(dim=-1).mean(dim=1)
         return probs.clamp_min(1e-12).log()
 
     def _step(self, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vidlstm.data.datamodule import VideoDataModule
+from vidlstm.data.features import FeatureCache, FeatureDataModule
+from vidlstm.data.probe import append_bad_videos
+from vidlstm.training.callbacks import EpochTimer
 from vidlstm.training.module import VideoClassifier
 from vidlstm.training.optim import balanced_class_weights
 from vidlstm.training.plots import plot_confusion_matrix, plot_curves
@@ -86,6 +90,26 @@ def resolve_ckpt_path(value: str | None, task_dir: Path, current_run: Path) -> s
     return str(newest)
 
 
+def feature_datamodule(videos: VideoDataModule, module: VideoClassifier, report: Path | None
+                       ) -> FeatureDataModule:
+    """Switch a run to feature-cache training: extract (or reuse) features of the frozen encoder and make the
+    module take features. Videos that fail during extraction are listed in ``report``."""
+    encoder = module.net.encoder
+    if getattr(encoder, "freeze", None) != "all":
+        raise ValueError("data.feature_cache=true needs a frozen encoder: set model.encoder.freeze=all "
+                         "(features of an encoder that trains would go stale)")
+    cache = FeatureCache(videos.feature_cache_dir, encoder, videos.feature_dtype, videos.eval_batch_size,
+                         videos.num_workers)
+    features = FeatureDataModule(videos, cache)
+    features.prepare()
+    if report is not None:
+        for split, failures in features.failures.items():
+            if failures:
+                append_bad_videos(report, {f.path: f.reason for f in failures}, f"{split} features", None)
+    module.inputs = "features"
+    return features
+
+
 def _count_parameters(module: L.LightningModule) -> dict[str, int]:
     params = list(module.parameters())
     return {"params/total": sum(p.numel() for p in params),
@@ -106,6 +130,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("Data: %d classes, %s videos (train/val/test)", datamodule.num_classes,
              "/".join(str(len(datamodule.splits[s])) for s in ("train", "val", "test")))
     module = build_module(cfg, datamodule.class_names, list(datamodule.class_counts("train").values()))
+    extraction_s = None
+    if datamodule.feature_cache:
+        extract_started = time.perf_counter()
+        datamodule = feature_datamodule(datamodule, module, Path(cfg.callbacks.bad_videos.report_path)
+                                        if cfg.get("callbacks") and cfg.callbacks.get("bad_videos") else None)
+        extraction_s = round(time.perf_counter() - extract_started, 2)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -123,6 +153,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         summary.update(_scalars(trainer.callback_metrics))
         summary["fit_time_s"] = round(time.perf_counter() - fit_started, 2)
+    if extraction_s is not None:
+        summary["feature_extraction_s"] = extraction_s
+    timers = [c for c in callbacks if isinstance(c, EpochTimer) and c.epoch_times_s]
+    if timers:
+        summary["epoch_time_s"] = statistics.median(timers[0].epoch_times_s)
     best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
         if not best_ckpt:
