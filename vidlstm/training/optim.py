@@ -37,9 +37,10 @@ def parameter_groups(net: nn.Module, overrides: Mapping[str, Mapping[str, Any] |
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int = 0, start_factor: float = 0.01,
                   min_factor: float = 0.01) -> LRScheduler:
     """Linear warm-up from ``start_factor`` x lr over ``warmup`` intervals, then cosine decay to ``min_factor``
-    x lr at ``total`` intervals (epochs or steps, see ``scheduler_interval``). Works per parameter group."""
-    if total <= warmup:
-        raise ValueError(f"total ({total}) must exceed warmup ({warmup})")
+    x lr at ``total`` intervals (epochs or steps, see ``scheduler_interval``). Works per parameter group.
+    A run shorter than the warm-up (e.g. fast_dev_run) shortens the warm-up to fit."""
+    total = max(total, 1)
+    warmup = min(warmup, total - 1)
 
     def factor(step: int) -> float:
         if step < warmup:
