@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any, Protocol
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
@@ -27,6 +28,28 @@ def natural_key(name: str) -> tuple:
 
 class VideoSource(Protocol):
     def records(self) -> list[VideoRecord]: ...
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Every index exactly once across ranks (rank r takes r, r + W, ...): no padding, so distributed
+    validation and test metrics count each video once. Ranks may get one batch more or less, which is fine
+    for evaluation (no gradient synchronisation)."""
+
+    def __init__(self, dataset: Sized) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)  # type: ignore[arg-type]
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+
+def unpadded_distributed_sampler(dataset: Sized) -> UnpaddedDistributedSampler | None:
+    """An `UnpaddedDistributedSampler` under multi-process training (Lightning keeps a loader's own
+    DistributedSampler instead of its padding one), else None."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        return UnpaddedDistributedSampler(dataset)
+    return None
 
 
 class Preparer(Protocol):
@@ -189,10 +212,12 @@ class VideoDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=None if train else unpadded_distributed_sampler(dataset),
             drop_last=train and len(self.splits[split]) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

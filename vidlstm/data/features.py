@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vidlstm.data.datamodule import unpadded_distributed_sampler
 from vidlstm.data.dataset import ClipSample, Failure, VideoClipDataset, collate_clips
 from vidlstm.data.index import VideoRecord
 from vidlstm.data.video import VideoDecodeError
@@ -174,8 +175,9 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         batch = self.videos.batch_size if train else self.videos.eval_batch_size
-        return DataLoader(self.datasets[split], batch_size=batch, shuffle=train,
-                          drop_last=train and len(self.datasets[split]) > batch, collate_fn=collate_clips)
+        dataset = self.datasets[split]
+        return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) > batch,
+                          sampler=None if train else unpadded_distributed_sampler(dataset), collate_fn=collate_clips)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -166,9 +166,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         summary.update(_scalars(trainer.callback_metrics))
         per_class = module.test_per_class.compute().tolist()
         summary["test/per_class_acc"] = dict(zip(datamodule.class_names, per_class, strict=True))
-        confusion = module.test_confusion.compute().cpu().numpy()
+        confusion = module.test_confusion.compute().cpu().numpy()  # metrics sync across ranks: all compute
         summary["test/confusion_matrix"] = confusion.tolist()
-        plot_confusion_matrix(confusion, datamodule.class_names, output_dir / "confusion_matrix.png")
+        if trainer.is_global_zero:
+            plot_confusion_matrix(confusion, datamodule.class_names, output_dir / "confusion_matrix.png")
+    if not trainer.is_global_zero:  # under DDP only rank 0 writes the run's files
+        return summary, objects
 
     metrics_csv = output_dir / "metrics.csv"
     if metrics_csv.is_file():
