@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +27,11 @@ log = logging.getLogger(__name__)
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a dict-of-configs group (callbacks, loggers); null entries are skipped."""
-    return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+    nodes = [node for node in (group or {}).values() if node is not None and "_target_" in node]
+    if any(str(node.get("tracking_uri", "")).startswith("file:") for node in nodes):
+        # MLflow 3 refuses its file store unless this is set; our default logger=mlflow uses one on purpose.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return [instantiate(node) for node in nodes]
 
 
 def _plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
