@@ -97,3 +97,11 @@ def test_multi_clip_testing_from_the_command_line(make_config) -> None:
     batch = next(iter(objects["datamodule"].test_dataloader()))
     assert batch.clips.shape[1:3] == (3, 8)
     assert 0 <= summary["test/acc"] <= 1 and sum(map(sum, summary["test/confusion_matrix"])) == 16
+
+
+def test_attention_head_run_plots_attention_over_time(make_config) -> None:
+    summary, objects = train(make_config("model/head=attn_lstm", "trainer.max_epochs=1", "test=false"))
+    assert (Path(summary["output_dir"]) / "attention.png").is_file()
+    weights = objects["module"].net.head.attention_weights
+    assert weights.shape == (8, 8)  # 8 validation clips x 8 frames
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(8))

@@ -69,3 +69,20 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], out
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_attention(weights: np.ndarray, labels: Sequence[int], predictions: Sequence[int],
+                   class_names: Sequence[str], out_png: str | Path) -> Path:
+    """Attention over time (one row per clip, (N, T) weights) with each clip's true and predicted class."""
+    n, steps = weights.shape
+    fig, ax = plt.subplots(figsize=(max(6, steps * 0.4), 0.5 * n + 1.5))
+    image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xlabel("time step (frame of the clip)")
+    ax.set_yticks(range(n), [f"{class_names[t]} -> {class_names[p]}" for t, p in zip(labels, predictions,
+                                                                                     strict=True)])
+    ax.set_title("Attention over time (true -> predicted), validation clips")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,7 +21,7 @@ from vidlstm.data.probe import append_bad_videos
 from vidlstm.training.callbacks import EpochTimer
 from vidlstm.training.module import VideoClassifier
 from vidlstm.training.optim import balanced_class_weights
-from vidlstm.training.plots import plot_confusion_matrix, plot_curves
+from vidlstm.training.plots import plot_attention, plot_confusion_matrix, plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if not trainer.is_global_zero:  # under DDP only rank 0 writes the run's files
         return summary, objects
 
+    if getattr(getattr(getattr(module.net, "head", None), "pooling", None), "mode", None) == "attention":
+        _plot_attention(module, datamodule, output_dir / "attention.png")
     metrics_csv = output_dir / "metrics.csv"
     if metrics_csv.is_file():
         plot_curves(metrics_csv, output_dir / "curves.png")
@@ -194,6 +197,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     _report(summary, output_dir)
     return summary, objects
+
+
+@torch.no_grad()
+def _plot_attention(module: VideoClassifier, datamodule: Any, out_png: Path, clips: int = 8) -> None:
+    """attention.png: the attention head's weights over time for the first validation clips."""
+    batch = next(iter(datamodule.val_dataloader()), None)
+    if batch is None:
+        return
+    module.eval()
+    inputs, labels = batch[0][:clips], batch[1][:clips]
+    predictions = module(inputs.to(module.device)).argmax(dim=-1).cpu()
+    weights = module.net.head.attention_weights
+    if weights is None or weights.dim() != 2:  # multi-clip inputs: no single weight row per clip
+        return
+    plot_attention(weights.cpu().numpy(), labels.tolist(), predictions.tolist(), datamodule.class_names, out_png)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
