@@ -98,3 +98,16 @@ def test_trainer_knobs_reach_lightning(make_config) -> None:
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
     assert trainer.accumulate_grad_batches == 2 and trainer.precision == "bf16-mixed"
+
+
+def test_ema_callback_averages_the_weights(make_config) -> None:
+    from vidlstm.training.train import train
+
+    common = ("trainer.max_epochs=2", "test=false", "callbacks.early_stopping=null")
+    _, plain = train(make_config(*common))
+    _, averaged = train(make_config(*common, "callbacks=ema", "callbacks.ema.update_starting_at_epoch=0",
+                                    "callbacks.ema.decay=0.9"))
+    assert any(type(c).__name__ == "EMAWeightAveraging" for c in averaged["callbacks"])
+    raw = dict(plain["module"].net.head.named_parameters())
+    ema = dict(averaged["module"].net.head.named_parameters())
+    assert any(not torch.allclose(raw[k], ema[k]) for k in raw), "the trained module holds the averaged weights"
