@@ -1,0 +1,162 @@
+"""Batch inference: one row per input file whatever its state, resumable after a kill, window mode on a
+video whose action changes halfway, and the Predictor API."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidlstm.data.synthetic import write_mp4
+from vidlstm.inference import Predictor
+from vidlstm.inference.batch import gather_inputs, predict_folder
+from vidlstm.inference.predictor import CheckpointError, load_checkpoint
+from vidlstm.training.train import train
+
+from .conftest import compose_config
+from .video_factory import write_audio_only
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = {"dark": 40, "bright": 215}
+
+
+def _clip(level: int, frames: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(level, 20, size=(frames, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained for a few epochs to tell dark from bright clips (near-perfect by construction)."""
+    root = tmp_path_factory.mktemp("brightness")
+    for label, level in LEVELS.items():
+        (root / "videos" / label).mkdir(parents=True)
+        for n in range(16):
+            write_mp4(root / "videos" / label / f"{n}.mp4", _clip(level, 12, seed=n + level), fps=8)
+    cfg = compose_config([
+        "data=folder", f"data.root={root / 'videos'}", f"paths.data_dir={root}", f"paths.log_dir={root / 'out'}",
+        "data.image_size=32", "data.num_frames=4", "data.batch_size=8", "data.num_workers=0",
+        "data.persistent_workers=false", "data.val_fraction=0.2", "data.test_fraction=0.2",
+        "trainer.max_epochs=4", "optimizer.lr=0.003", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+    ], root / "run")
+    summary, _ = train(cfg)
+    assert summary["val/acc_best"] == 1.0, summary
+    return Path(summary["best_ckpt"])
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint: Path) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint, device="cpu", num_clips=2, top_k=2)
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_folder_gives_one_row_per_file_with_the_right_status(predictor: Predictor, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    write_mp4(folder / "dark.mp4", _clip(40, 10, 1), fps=8)
+    write_mp4(folder / "nested" / "bright.mp4", _clip(215, 10, 2), fps=8)
+    good = (folder / "dark.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (folder / "zero.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("not a video\n")
+    write_audio_only(folder / "audio_only.mp4")
+    (folder / "readme.txt").write_text("not listed: not a video extension")
+    os.symlink(folder, folder / "nested" / "loop")  # a link cycle must not loop forever
+
+    stats = predict_folder(predictor, folder, tmp_path / "out.csv", batch_size=3, num_workers=2)
+    rows = {Path(r["path"]).name: r for r in _read(tmp_path / "out.csv")}
+    assert set(rows) == {"dark.mp4", "bright.mp4", "truncated.mp4", "zero.mp4", "notes.mp4", "audio_only.mp4"}
+    assert (rows["dark.mp4"]["status"], rows["dark.mp4"]["label"]) == ("ok", "dark")
+    assert (rows["bright.mp4"]["status"], rows["bright.mp4"]["label"]) == ("ok", "bright")
+    assert rows["bright.mp4"]["topk_labels"] == "bright|dark" and float(rows["bright.mp4"]["score"]) > 0.5
+    for name, reason in [("truncated.mp4", ""), ("zero.mp4", "empty file"), ("notes.mp4", "not a readable"),
+                         ("audio_only.mp4", "no video stream")]:
+        assert rows[name]["status"] == "error" and reason in rows[name]["error"] and rows[name]["error"], name
+    assert (stats["ok"], stats["error"]) == (2, 4)
+
+
+def test_jsonl_output_and_list_file_input(predictor: Predictor, tmp_path: Path) -> None:
+    write_mp4(tmp_path / "a.mp4", _clip(215, 10, 3), fps=8)
+    (tmp_path / "list.txt").write_text("a.mp4 bright\n# a comment\nmissing.mp4 dark\n")
+    predict_folder(predictor, tmp_path / "list.txt", tmp_path / "out.jsonl", num_workers=0)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(Path(r["path"]).name, r["status"]) for r in rows] == [("a.mp4", "ok"), ("missing.mp4", "error")]
+    assert rows[0]["topk_labels"] == ["bright", "dark"] and rows[1]["error"] == "no such file"
+
+
+def test_window_mode_labels_each_half_of_a_long_video(predictor: Predictor, tmp_path: Path) -> None:
+    frames = np.concatenate([_clip(40, 48, 4), _clip(215, 48, 5)])  # 6 s dark, then 6 s bright at 8 fps
+    write_mp4(tmp_path / "long.mp4", frames, fps=8)
+    predict_folder(predictor, tmp_path / "long.mp4", tmp_path / "windows.csv", window_s=2, stride_s=2,
+                   num_workers=0)
+    rows = _read(tmp_path / "windows.csv")
+    windows, video = rows[:-1], rows[-1]
+    assert [(float(r["start_s"]), float(r["end_s"])) for r in windows] == [(0, 2), (2, 4), (4, 6), (6, 8),
+                                                                           (8, 10), (10, 12)]
+    assert [r["label"] for r in windows] == ["dark"] * 3 + ["bright"] * 3
+    assert video["start_s"] == "" and video["num_frames"] == "96"
+    api_rows = predictor.predict_windows(tmp_path / "long.mp4", 2, 2)
+    assert [r["label"] for r in api_rows[:-1]] == ["dark"] * 3 + ["bright"] * 3
+
+
+@pytest.mark.slow
+def test_kill_and_rerun_gives_every_video_exactly_once(checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for n in range(24):
+        write_mp4(folder / f"v{n:02d}.mp4", _clip(40 if n % 2 else 215, 10, 100 + n), fps=8)
+    output = tmp_path / "preds.csv"
+    command = [sys.executable, str(REPO / "scripts" / "predict.py"), f"ckpt_path={checkpoint}",
+               f"input={folder}", f"output={output}", "batch_size=1", "num_workers=0", "num_clips=1",
+               f"paths.root_dir={tmp_path}"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        if output.is_file() and output.read_text().count("\n") >= 6:
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    first.wait()
+    written_before = output.read_text().count("\n") - 1
+    assert 5 <= written_before < 24, "the first run must be killed part-way"
+    with open(output, "a") as handle:
+        handle.write(f"{folder}/v23.mp4,ok,da")  # a row cut short by the kill
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    paths = [r["path"] for r in _read(output)]
+    assert sorted(paths) == sorted(str(p) for p in folder.glob("*.mp4")), "no duplicate, no missing row"
+    labels = {Path(r["path"]).stem: r["label"] for r in _read(output)}
+    assert all(labels[f"v{n:02d}"] == ("dark" if n % 2 else "bright") for n in range(24))
+
+
+def test_predict_video_api_and_checkpoint_errors(predictor: Predictor, checkpoint: Path, tmp_path: Path) -> None:
+    write_mp4(tmp_path / "d.mp4", _clip(40, 10, 6), fps=8)
+    row = predictor.predict_video(tmp_path / "d.mp4")
+    assert row["label"] == "dark" and row["status"] == "ok" and row["num_frames"] == 10
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match=r"foreign\.ckpt: not a vidlstm checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "foreign.ckpt")
+    (tmp_path / "junk.ckpt").write_text("junk")
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt: not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+    hostile = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hostile["vidlstm"]["config"]["model"]["_target_"] = "os.system"
+    torch.save(hostile, tmp_path / "hostile.ckpt")
+    with pytest.raises(CheckpointError, match=r"refuses to build 'os\.system'"):
+        Predictor.from_checkpoint(tmp_path / "hostile.ckpt")
+
+
+def test_gather_inputs_rejects_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        gather_inputs(tmp_path / "nowhere")

@@ -1,0 +1,212 @@
+"""Folder runs: many videos -> one CSV/JSONL row each (window rows in long-video mode), resumable.
+
+DataLoader workers open and decode videos while the main process runs the model on batches gathered across
+videos. Each video's rows are written and flushed as soon as its last clip is scored, so an interrupted run
+loses at most the videos in flight, and a rerun with the same output skips the videos already written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
+from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
+from vidlstm.utils.progress import progress
+
+log = logging.getLogger(__name__)
+LIST_SUFFIXES = (".txt", ".csv", ".lst")
+
+
+def gather_inputs(source: str | os.PathLike) -> list[str]:
+    """Video paths from a file, a folder (recursive, common video extensions, symlinks followed, each real
+    folder visited once so link cycles end), or a list file (first column of each line; `#` comments)."""
+    source = Path(source)
+    if source.is_dir():
+        found, seen = [], set()
+        for folder, subfolders, files in os.walk(source, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                subfolders[:] = []
+                continue
+            seen.add(real)
+            subfolders.sort()
+            found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
+        return found
+    if source.suffix.lower() in LIST_SUFFIXES and source.is_file():
+        return _list_file_paths(source)
+    if source.exists() or source.suffix.lower() in VIDEO_EXTENSIONS:
+        return [str(source)]  # a missing video file still gets its row (status=error, "no such file")
+    raise FileNotFoundError(f"{source}: input not found (give a video file, a folder or a list file)")
+
+
+def _list_file_paths(list_file: Path) -> list[str]:
+    paths = []
+    with open(list_file, newline="") as handle:
+        rows = csv.reader(handle) if list_file.suffix.lower() == ".csv" else (line.split() for line in handle)
+        for row in rows:
+            if not row or row[0].startswith("#") or row[0] == "path":
+                continue
+            path = Path(row[0])
+            paths.append(str(path if path.is_absolute() else list_file.parent / path))
+    return paths
+
+
+@dataclass
+class Unit:
+    """Clips of one video (or one window of it) ready for the model, or the video's error."""
+
+    video: int
+    window: int
+    windows: int
+    clips: torch.Tensor | None
+    num_frames: int
+    start_s: float | str = ""
+    end_s: float | str = ""
+    error: str = ""
+    video_frames: int = 0
+
+
+class _Clips(IterableDataset):
+    """Streams `Unit`s; each worker takes every k-th video, so videos are decoded once, in parallel."""
+
+    def __init__(self, predictor: Predictor, paths: Sequence[str], window_s: float | None,
+                 stride_s: float | None) -> None:
+        self.predictor, self.paths = predictor, list(paths)
+        self.window_s, self.stride_s = window_s, stride_s
+
+    def __iter__(self) -> Iterator[Unit]:
+        info = get_worker_info()
+        mine = range(info.id, len(self.paths), info.num_workers) if info else range(len(self.paths))
+        for video in mine:
+            yield from self._units(video)
+
+    def _units(self, video: int) -> Iterator[Unit]:
+        try:
+            with self.predictor.open(self.paths[video]) as reader:
+                if self.window_s is None:
+                    yield Unit(video, 0, 1, self.predictor.video_clips(reader), reader.num_frames)
+                    return
+                spans = windows(reader.num_frames, reader.fps, self.window_s, self.stride_s or self.window_s)
+                for w in spans:  # one window decoded at a time: memory stays flat for long videos
+                    clips = self.predictor.video_clips(reader, w.first, w.stop, 1)
+                    yield Unit(video, w.index, w.count, clips, w.stop - w.first, w.start_s, w.end_s,
+                               video_frames=reader.num_frames)
+        except VideoDecodeError as err:
+            yield Unit(video, 0, 1, None, 0, error=err.reason)
+        except (ValueError, IndexError, RuntimeError) as err:  # a file that probes but cannot be sampled
+            yield Unit(video, 0, 1, None, 0, error=" ".join(str(err).split()))
+
+
+class PredictionWriter:
+    """Appends rows to CSV or JSONL (chosen by suffix), flushing after every video. On open it drops a
+    half-written last line left by a killed run and remembers which videos are already done."""
+
+    def __init__(self, path: str | os.PathLike, windowed: bool) -> None:
+        self.path = Path(path)
+        self.format = "jsonl" if self.path.suffix.lower() in (".jsonl", ".json") else "csv"
+        self.fields = PREDICTION_FIELDS + (WINDOW_FIELDS if windowed else ())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done = self._recover()
+        self.handle = open(self.path, "a", newline="")  # noqa: SIM115 - kept open across videos, closed by close()
+        self.csv = csv.DictWriter(self.handle, fieldnames=self.fields) if self.format == "csv" else None
+        if self.csv is not None and self.handle.tell() == 0:
+            self.csv.writeheader()
+
+    def _recover(self) -> set[str]:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return set()
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):  # killed mid-line: keep only complete rows
+            data = data[: data.rfind(b"\n") + 1]
+            self.path.write_bytes(data)
+        lines = data.decode().splitlines()
+        if self.format == "jsonl":
+            return {json.loads(line)["path"] for line in lines if line.strip()}
+        return {row["path"] for row in csv.DictReader(lines)}
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            row = {k: row.get(k, "") for k in self.fields}
+            if self.csv is not None:
+                self.csv.writerow({k: "|".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()})
+            else:
+                self.handle.write(json.dumps(row) + "\n")
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def predict_folder(predictor: Predictor, source: str | os.PathLike, output: str | os.PathLike,
+                   batch_size: int = 8, num_workers: int = 2, window_s: float | None = None,
+                   stride_s: float | None = None, resume: bool = True) -> dict[str, Any]:
+    """Predict every video of ``source`` into ``output``; returns counts and timing.
+
+    With ``resume`` (default) videos already in ``output`` are skipped; without it ``output`` is replaced.
+    """
+    paths = gather_inputs(source)
+    if not resume and Path(output).exists():
+        Path(output).unlink()
+    writer = PredictionWriter(output, windowed=window_s is not None)
+    todo = [p for p in paths if p not in writer.done]
+    log.info("%d videos found, %d already in %s, %d to predict", len(paths), len(paths) - len(todo), output,
+             len(todo))
+    loader = DataLoader(_Clips(predictor, todo, window_s, stride_s), batch_size=batch_size,
+                        num_workers=min(num_workers, len(todo)), collate_fn=list,
+                        pin_memory=predictor.device.type == "cuda")
+    pending: dict[int, list[dict[str, Any]]] = {}
+    counts = {"ok": 0, "error": 0}
+    started = time.perf_counter()
+    try:
+        with progress() as bar:
+            task = bar.add_task("Predicting", total=len(todo))
+            for units in loader:
+                _score(predictor, units, todo, pending, writer, counts)
+                done = counts["ok"] + counts["error"]
+                bar.update(task, completed=done,
+                           description=f"Predicting ({done / max(time.perf_counter() - started, 1e-9):.1f} videos/s)")
+    finally:
+        writer.close()
+    elapsed = time.perf_counter() - started
+    return {**counts, "skipped": len(paths) - len(todo), "seconds": round(elapsed, 2),
+            "videos_per_s": round((counts["ok"] + counts["error"]) / max(elapsed, 1e-9), 3), "output": str(output)}
+
+
+def _score(predictor: Predictor, units: list[Unit], paths: Sequence[str], pending: dict[int, list[dict]],
+           writer: PredictionWriter, counts: dict[str, int]) -> None:
+    """Run the model on the batch's clips and write every video whose last unit has now been scored."""
+    good = [u for u in units if u.clips is not None]
+    probs = predictor.probabilities(torch.stack([u.clips for u in good])) if good else []
+    for unit, p in zip(good, probs, strict=True):
+        rows = pending.setdefault(unit.video, [])
+        rows.append({**predictor.row(paths[unit.video], p, unit.num_frames), "start_s": unit.start_s,
+                     "end_s": unit.end_s, "_probs": p})
+        if len(rows) == unit.windows:
+            _finish(predictor, unit, pending.pop(unit.video), paths, writer, counts)
+    for unit in units:
+        if unit.clips is None:
+            pending.pop(unit.video, None)
+            writer.write([{**predictor.error_row(paths[unit.video], unit.error), "start_s": "", "end_s": ""}])
+            counts["error"] += 1
+
+
+def _finish(predictor: Predictor, unit: Unit, rows: list[dict], paths: Sequence[str], writer: PredictionWriter,
+            counts: dict[str, int]) -> None:
+    if unit.start_s != "":  # window mode: the windows, then the video-level row
+        probs = torch.stack([r["_probs"] for r in rows]).mean(0)
+        summary = predictor.row(paths[unit.video], probs, unit.video_frames)
+        rows = [*sorted(rows, key=lambda r: r["start_s"]), {**summary, "start_s": "", "end_s": ""}]
+    writer.write([{k: v for k, v in r.items() if k != "_probs"} for r in rows])
+    counts["ok"] += 1

@@ -1,0 +1,205 @@
+"""`Predictor`: a trained checkpoint -> class predictions for video files, with everything it needs (class
+names, model, sampling and transform settings) read from the checkpoint itself."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from vidlstm.data.sampling import MultiClipSampler
+from vidlstm.data.transforms import eval_transform
+from vidlstm.data.video import DEFAULT_TIMEOUT_S, VideoDecodeError, VideoReader, open_video
+
+PREDICTION_FIELDS = ("path", "status", "label", "score", "topk_labels", "topk_scores", "num_frames", "error")
+WINDOW_FIELDS = ("start_s", "end_s")
+
+
+class CheckpointError(ValueError):
+    """The file is not a vidlstm checkpoint (or is damaged)."""
+
+
+def _check_targets(node: Any, where: str) -> None:
+    """Only vidlstm's own classes may be built from a checkpoint's config (a config is data, not code)."""
+    if isinstance(node, Mapping):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith("vidlstm."):
+            raise CheckpointError(f"{where}: refuses to build {target!r} from a checkpoint (only vidlstm.* targets)")
+        for value in node.values():
+            _check_targets(value, where)
+    elif isinstance(node, list):
+        for value in node:
+            _check_targets(value, where)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A vidlstm training checkpoint, loaded with ``weights_only=True``; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated zips, non-checkpoint files
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({' '.join(str(err).split())[:200]})") from err
+    meta = checkpoint.get("vidlstm") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or "class_names" not in meta or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a vidlstm checkpoint (no class names / model config inside); "
+                              "use checkpoints/best.ckpt or last.ckpt of a vidlstm run")
+    _check_targets(meta.get("config"), str(path))
+    return checkpoint
+
+
+def build_net(checkpoint: Mapping[str, Any]) -> nn.Module:
+    """The trained network of a vidlstm checkpoint, weights loaded, in eval mode."""
+    meta = checkpoint["vidlstm"]
+    model_cfg = dict(meta["config"]["model"])
+    model_cfg["encoder"] = {**model_cfg["encoder"], "weights": None}  # the checkpoint holds the weights
+    net = instantiate(model_cfg)(num_classes=len(meta["class_names"]))
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    return net.eval()
+
+
+@dataclass
+class Window:
+    """One window of a long video: frames [first, stop), times [start_s, end_s)."""
+
+    index: int
+    count: int
+    first: int
+    stop: int
+    start_s: float
+    end_s: float
+
+
+def windows(num_frames: int, fps: float, window_s: float, stride_s: float) -> list[Window]:
+    """Windows of ``window_s`` seconds every ``stride_s`` seconds covering the video (the last one may be
+    shorter; a video shorter than one window is one window)."""
+    if window_s <= 0 or stride_s <= 0:
+        raise ValueError(f"window and stride must be positive, got {window_s}, {stride_s}")
+    duration = num_frames / fps if fps > 0 else 0.0
+    starts = [k * stride_s for k in range(max(1, math.ceil(max(duration - window_s, 0.0) / stride_s) + 1))]
+    spans = []
+    for start in starts:
+        end = min(start + window_s, duration) if duration else window_s
+        first = min(round(start * fps), num_frames - 1)
+        stop = max(first + 1, min(num_frames, round(end * fps)))
+        spans.append((first, stop, start, end))
+    return [Window(i, len(spans), first, stop, round(start, 3), round(end, 3))
+            for i, (first, stop, start, end) in enumerate(spans)]
+
+
+class Predictor:
+    """Predictions from a trained CNN+LSTM. Build with `Predictor.from_checkpoint`.
+
+    Video-level scores average the class probabilities of ``num_clips`` evenly spaced clips.
+    """
+
+    def __init__(self, net: nn.Module, class_names: Sequence[str], num_frames: int, transform: Any,
+                 num_clips: int = 3, top_k: int = 5, backend: str = "auto",
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S, device: str = "auto") -> None:
+        self.device = torch.device(resolve_device(device))
+        self.net = net.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.num_frames, self.transform = num_frames, transform
+        self.num_clips, self.top_k = num_clips, min(top_k, len(self.class_names))
+        self.backend, self.timeout_s = backend, timeout_s
+        self.sampler = MultiClipSampler(num_frames, num_clips, clip="segments")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", num_clips: int = 3, top_k: int = 5,
+                        backend: str = "auto", timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Predictor:
+        """Everything (class names, network, clip length, frame size, normalisation) comes from the
+        checkpoint, loaded with ``weights_only=True``."""
+        checkpoint = load_checkpoint(path)
+        data = checkpoint["vidlstm"]["config"]["data"]
+        transform_cfg = data.get("eval_transform") or {}
+        transform = eval_transform(data["image_size"], resize=transform_cfg.get("resize"),
+                                   mean=transform_cfg.get("mean", (0.485, 0.456, 0.406)),
+                                   std=transform_cfg.get("std", (0.229, 0.224, 0.225)))
+        return cls(build_net(checkpoint), checkpoint["vidlstm"]["class_names"], data["num_frames"], transform,
+                   num_clips, top_k, backend, timeout_s, device)
+
+    # --- decoding (runs in DataLoader workers for folder runs) ---
+    def open(self, path: str | os.PathLike) -> VideoReader:
+        return open_video(path, self.backend, timeout_s=self.timeout_s)
+
+    def video_clips(self, reader: VideoReader, first: int = 0, stop: int | None = None,
+                    num_clips: int | None = None) -> torch.Tensor:
+        """Float (N, T, 3, H, W) clips from frames [first, stop) of an open video, decoded in one call."""
+        stop = reader.num_frames if stop is None else stop
+        count = num_clips or self.num_clips
+        sampler = self.sampler if count == self.num_clips else MultiClipSampler(self.num_frames, count)
+        clips = sampler(stop - first)
+        frames = reader.get_frames([first + i for clip in clips for i in clip])
+        return torch.stack([self.transform(part) for part in frames.split(self.num_frames)])
+
+    # --- the model ---
+    @torch.no_grad()
+    def probabilities(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, N, T, 3, H, W) -> (B, num_classes): class probabilities averaged over each video's N clips."""
+        b, n = clips.shape[:2]
+        clips = clips.to(self.device, non_blocking=True).flatten(0, 1)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" \
+            else contextlib.nullcontext()
+        with autocast:
+            logits = self.net(clips)
+        return logits.float().softmax(dim=-1).view(b, n, -1).mean(dim=1).cpu()
+
+    def row(self, path: str, probs: torch.Tensor, num_frames: int) -> dict[str, Any]:
+        scores, indices = probs.topk(self.top_k)
+        labels = [self.class_names[i] for i in indices.tolist()]
+        return {"path": path, "status": "ok", "label": labels[0], "score": round(float(scores[0]), 6),
+                "topk_labels": labels, "topk_scores": [round(float(s), 6) for s in scores],
+                "num_frames": num_frames, "error": ""}
+
+    @staticmethod
+    def error_row(path: str, reason: str) -> dict[str, Any]:
+        return {"path": path, "status": "error", "label": "", "score": "", "topk_labels": [],
+                "topk_scores": [], "num_frames": "", "error": reason}
+
+    # --- one video at a time (notebooks) ---
+    def predict_video(self, path: str | os.PathLike) -> dict[str, Any]:
+        """One row: label, score, top-k labels/scores, or ``status="error"`` with the reason."""
+        try:
+            with self.open(path) as reader:
+                clips = self.video_clips(reader)
+                num_frames = reader.num_frames
+        except VideoDecodeError as err:
+            return self.error_row(str(path), err.reason)
+        return self.row(str(path), self.probabilities(clips[None])[0], num_frames)
+
+    def predict_windows(self, path: str | os.PathLike, window_s: float, stride_s: float | None = None
+                        ) -> list[dict[str, Any]]:
+        """One row per window (``start_s``, ``end_s``, top-k; one clip per window) and a final video-level
+        row (empty ``start_s``/``end_s``: probabilities averaged over windows). Frames are decoded one window
+        at a time, so memory does not grow with the video's length."""
+        rows, probs = [], []
+        try:
+            with self.open(path) as reader:
+                for window in windows(reader.num_frames, reader.fps, window_s, stride_s or window_s):
+                    p = self.probabilities(self.video_clips(reader, window.first, window.stop, 1)[None])[0]
+                    probs.append(p)
+                    rows.append({**self.row(str(path), p, window.stop - window.first),
+                                 "start_s": window.start_s, "end_s": window.end_s})
+                total = reader.num_frames
+        except VideoDecodeError as err:
+            return [{**self.error_row(str(path), err.reason), "start_s": "", "end_s": ""}]
+        return [*rows, {**self.row(str(path), torch.stack(probs).mean(0), total), "start_s": "", "end_s": ""}]
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; otherwise the name given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is visible")
+    return device
