@@ -160,3 +160,27 @@ def test_predict_video_api_and_checkpoint_errors(predictor: Predictor, checkpoin
 def test_gather_inputs_rejects_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="input not found"):
         gather_inputs(tmp_path / "nowhere")
+
+
+def test_evaluate_reports_clip_and_video_accuracy(predictor: Predictor, tmp_path: Path) -> None:
+    from vidlstm.data.index import VideoRecord
+    from vidlstm.inference.evaluate import evaluate, format_report
+
+    records = []
+    for n in range(6):
+        label = "dark" if n < 4 else "bright"
+        # one "dark" video is bright: a known mistake for the metrics to count
+        write_mp4(tmp_path / f"{n}.mp4", _clip(215 if n in (3, 4, 5) else 40, 10, 200 + n), fps=8)
+        records.append(VideoRecord(str(tmp_path / f"{n}.mp4"), label))
+    results = evaluate(predictor, records, tmp_path / "eval", batch_size=4, num_workers=0)
+    expected = [predictor.predict_video(r.path)["label"] == r.label for r in records]
+    assert results["video/acc"] == pytest.approx(sum(expected) / 6, abs=1e-6) == pytest.approx(5 / 6, abs=1e-6)
+    assert results["per_class_acc"] == {"bright": 1.0, "dark": 0.75}
+    assert results["video/mean_class_acc"] == pytest.approx(0.875, abs=1e-6)
+    assert results["confusion_matrix"] == [[2, 0], [1, 3]]
+    assert results["clip/acc"] == pytest.approx(5 / 6, abs=1e-6)  # each clip of a video looks alike here
+    assert "clip   acc=0.8333" in format_report(results)
+    for name in ("evaluation.json", "per_class.csv", "confusion_matrix.png"):
+        assert (tmp_path / "eval" / name).is_file()
+    with pytest.raises(ValueError, match=r"labels \['cat'\] are not classes"):
+        evaluate(predictor, [VideoRecord(records[0].path, "cat")], tmp_path / "eval2")

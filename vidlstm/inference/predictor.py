@@ -144,15 +144,19 @@ class Predictor:
 
     # --- the model ---
     @torch.no_grad()
-    def probabilities(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, N, T, 3, H, W) -> (B, num_classes): class probabilities averaged over each video's N clips."""
+    def clip_probabilities(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, N, T, 3, H, W) -> (B, N, num_classes): class probabilities of every clip."""
         b, n = clips.shape[:2]
         clips = clips.to(self.device, non_blocking=True).flatten(0, 1)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" \
             else contextlib.nullcontext()
         with autocast:
             logits = self.net(clips)
-        return logits.float().softmax(dim=-1).view(b, n, -1).mean(dim=1).cpu()
+        return logits.float().softmax(dim=-1).view(b, n, -1).cpu()
+
+    def probabilities(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, N, T, 3, H, W) -> (B, num_classes): class probabilities averaged over each video's N clips."""
+        return self.clip_probabilities(clips).mean(dim=1)
 
     def row(self, path: str, probs: torch.Tensor, num_frames: int) -> dict[str, Any]:
         scores, indices = probs.topk(self.top_k)
