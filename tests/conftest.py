@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -62,3 +63,33 @@ def make_config(tmp_path: Path, tiny_demo: DemoDataset) -> Callable[..., DictCon
         return compose_config([*base, *overrides], tmp_path / f"run{next(runs)}")
 
     return make
+
+
+LEVELS = {"dark": 40, "bright": 215}
+
+
+def brightness_clip(level: int, frames: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(level, 20, size=(frames, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def brightness_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained for a few epochs to tell dark from bright clips (near-perfect by construction)."""
+    root = tmp_path_factory.mktemp("brightness")
+    from vidlstm.data.synthetic import write_mp4
+    from vidlstm.training.train import train
+
+    for label, level in LEVELS.items():
+        (root / "videos" / label).mkdir(parents=True)
+        for n in range(16):
+            write_mp4(root / "videos" / label / f"{n}.mp4", brightness_clip(level, 12, seed=n + level), fps=8)
+    cfg = compose_config([
+        "data=folder", f"data.root={root / 'videos'}", f"paths.data_dir={root}", f"paths.log_dir={root / 'out'}",
+        "data.image_size=32", "data.num_frames=4", "data.batch_size=8", "data.num_workers=0",
+        "data.persistent_workers=false", "data.val_fraction=0.2", "data.test_fraction=0.2",
+        "trainer.max_epochs=4", "optimizer.lr=0.003", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+    ], root / "run")
+    summary, _ = train(cfg)
+    assert summary["val/acc_best"] == 1.0, summary
+    return Path(summary["best_ckpt"])

@@ -20,42 +20,14 @@ from vidlstm.data.synthetic import write_mp4
 from vidlstm.inference import Predictor
 from vidlstm.inference.batch import gather_inputs, predict_folder
 from vidlstm.inference.predictor import CheckpointError, load_checkpoint
-from vidlstm.training.train import train
 
-from .conftest import compose_config
+from .conftest import brightness_clip as _clip
 from .video_factory import write_audio_only
 
 REPO = Path(__file__).resolve().parents[1]
-LEVELS = {"dark": 40, "bright": 215}
-
-
-def _clip(level: int, frames: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.clip(rng.normal(level, 20, size=(frames, 32, 32, 3)), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model trained for a few epochs to tell dark from bright clips (near-perfect by construction)."""
-    root = tmp_path_factory.mktemp("brightness")
-    for label, level in LEVELS.items():
-        (root / "videos" / label).mkdir(parents=True)
-        for n in range(16):
-            write_mp4(root / "videos" / label / f"{n}.mp4", _clip(level, 12, seed=n + level), fps=8)
-    cfg = compose_config([
-        "data=folder", f"data.root={root / 'videos'}", f"paths.data_dir={root}", f"paths.log_dir={root / 'out'}",
-        "data.image_size=32", "data.num_frames=4", "data.batch_size=8", "data.num_workers=0",
-        "data.persistent_workers=false", "data.val_fraction=0.2", "data.test_fraction=0.2",
-        "trainer.max_epochs=4", "optimizer.lr=0.003", "callbacks.progress_bar=null", "callbacks.model_summary=null",
-    ], root / "run")
-    summary, _ = train(cfg)
-    assert summary["val/acc_best"] == 1.0, summary
-    return Path(summary["best_ckpt"])
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint: Path) -> Predictor:
-    return Predictor.from_checkpoint(checkpoint, device="cpu", num_clips=2, top_k=2)
+def predictor(brightness_checkpoint: Path) -> Predictor:
+    return Predictor.from_checkpoint(brightness_checkpoint, device="cpu", num_clips=2, top_k=2)
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -112,13 +84,13 @@ def test_window_mode_labels_each_half_of_a_long_video(predictor: Predictor, tmp_
 
 
 @pytest.mark.slow
-def test_kill_and_rerun_gives_every_video_exactly_once(checkpoint: Path, tmp_path: Path) -> None:
+def test_kill_and_rerun_gives_every_video_exactly_once(brightness_checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
     for n in range(24):
         write_mp4(folder / f"v{n:02d}.mp4", _clip(40 if n % 2 else 215, 10, 100 + n), fps=8)
     output = tmp_path / "preds.csv"
-    command = [sys.executable, str(REPO / "scripts" / "predict.py"), f"ckpt_path={checkpoint}",
+    command = [sys.executable, str(REPO / "scripts" / "predict.py"), f"ckpt_path={brightness_checkpoint}",
                f"input={folder}", f"output={output}", "batch_size=1", "num_workers=0", "num_clips=1",
                f"paths.root_dir={tmp_path}"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -140,7 +112,8 @@ def test_kill_and_rerun_gives_every_video_exactly_once(checkpoint: Path, tmp_pat
     assert all(labels[f"v{n:02d}"] == ("dark" if n % 2 else "bright") for n in range(24))
 
 
-def test_predict_video_api_and_checkpoint_errors(predictor: Predictor, checkpoint: Path, tmp_path: Path) -> None:
+def test_predict_video_api_and_checkpoint_errors(predictor: Predictor, brightness_checkpoint: Path,
+                                                tmp_path: Path) -> None:
     write_mp4(tmp_path / "d.mp4", _clip(40, 10, 6), fps=8)
     row = predictor.predict_video(tmp_path / "d.mp4")
     assert row["label"] == "dark" and row["status"] == "ok" and row["num_frames"] == 10
@@ -150,7 +123,7 @@ def test_predict_video_api_and_checkpoint_errors(predictor: Predictor, checkpoin
     (tmp_path / "junk.ckpt").write_text("junk")
     with pytest.raises(CheckpointError, match=r"junk\.ckpt: not a loadable checkpoint"):
         load_checkpoint(tmp_path / "junk.ckpt")
-    hostile = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hostile = torch.load(brightness_checkpoint, map_location="cpu", weights_only=True)
     hostile["vidlstm"]["config"]["model"]["_target_"] = "os.system"
     torch.save(hostile, tmp_path / "hostile.ckpt")
     with pytest.raises(CheckpointError, match=r"refuses to build 'os\.system'"):
