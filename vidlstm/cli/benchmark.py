@@ -3,6 +3,7 @@
     python scripts/benchmark.py data [--videos DIR] [--clips 256] [--num-frames 16] [--size 64]
     python scripts/benchmark.py model [--repeats 30] [--size 112]
     python scripts/benchmark.py train [--encoder resnet18] [--size 112] [--batches 24]
+    python scripts/benchmark.py predict [--ckpt best.ckpt] [--videos DIR] [--workers 2]
 
 ``data``: clips/s of each raw backend decoding the same frame indices, of our dataset (decode + transforms)
 with 0 and 2 DataLoader workers, and of frame-cache epochs; the ratio of our loader to the fastest raw
@@ -16,6 +17,10 @@ and frames/s of every configured encoder (conf/model/encoder) in inference and i
 ``train``: median epoch time of the demo with a frozen encoder trained end to end (decode + CNN + head) and
 with the feature cache (head only, after a one-time extraction), on the same batches; their ratio and both
 runs' validation accuracy.
+
+``predict``: videos/s of a folder run (decoding in workers overlapped with the model) against the larger of
+pure decoding time and pure model time measured in the same run; their ratio is the overlap (1.0 = perfect).
+Without ``--ckpt`` a randomly initialised demo model is used (speed does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -205,6 +210,71 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"  ratio end-to-end epoch / feature-cache epoch: {ratio:.1f}   (target >= 20)")
 
 
+def _demo_checkpoint(path: Path) -> Path:
+    """A checkpoint of the demo model with random weights, in vidlstm's format."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from vidlstm.data.synthetic import DEMO_CLASSES
+    from vidlstm.training.train import build_module
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vidlstm.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=."])
+    module = build_module(cfg, list(DEMO_CLASSES))
+    config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model")}
+    torch.save({"state_dict": module.state_dict(),
+                "vidlstm": {"class_names": list(DEMO_CLASSES), "config": config}}, path)
+    return path
+
+
+def bench_predict(ckpt: Path, videos: Path, workers: int, batch_size: int) -> dict[str, float]:
+    from vidlstm.inference.batch import _Clips, gather_inputs, predict_folder
+    from vidlstm.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    paths = gather_inputs(videos)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))  # as predict_folder does on a CPU
+
+    def decode_only() -> list:
+        loader = DataLoader(_Clips(predictor, paths, None, None), batch_size=batch_size, num_workers=workers,
+                            collate_fn=list)
+        return [unit for units in loader for unit in units]
+
+    started = time.perf_counter()
+    units = decode_only()
+    decode_s = time.perf_counter() - started
+    clips = [u.clips for u in units if u.clips is not None]
+    started = time.perf_counter()
+    for i in range(0, len(clips), batch_size):
+        predictor.probabilities(torch.stack(clips[i: i + batch_size]))
+    model_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as scratch:
+        stats = predict_folder(predictor, videos, Path(scratch) / "p.csv", batch_size, workers, resume=False)
+    return {"videos": len(paths), "decode_s": decode_s, "model_s": model_s, "run_s": stats["seconds"]}
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    videos = args.videos
+    if videos is None:
+        demo = DemoDataset(root=str(Path(os.environ.get("VIDLSTM_ROOT", ".")) / "data" / "demo"))
+        videos = Path(demo.prepare()) / "test"
+    with tempfile.TemporaryDirectory() as scratch:
+        ckpt = args.ckpt or _demo_checkpoint(Path(scratch) / "demo.ckpt")
+        result = bench_predict(ckpt, videos, args.workers, args.batch_size)
+    n = result["videos"]
+    bound = max(result["decode_s"], result["model_s"])
+    print(f"predict benchmark: {n} videos from {videos}, {args.workers} workers, batch {args.batch_size} "
+          f"(cpus: {os.cpu_count()})")
+    print(f"  decoding only   {result['decode_s']:7.2f} s   {n / result['decode_s']:7.1f} videos/s")
+    print(f"  model only      {result['model_s']:7.2f} s   {n / result['model_s']:7.1f} videos/s")
+    print(f"  folder run      {result['run_s']:7.2f} s   {n / result['run_s']:7.1f} videos/s")
+    print(f"  overlap ratio max(decode, model) / run: {bound / result['run_s']:.2f}   (target >= 0.85)")
+    print(f"  speed-up over decoding then predicting: {(result['decode_s'] + result['model_s']) / result['run_s']:.2f}"
+          f"   (on a CPU-only machine decoding and the model share the same cores)")
+
+
 def run_data(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     videos = args.videos
@@ -241,8 +311,13 @@ def main(argv: list[str] | None = None) -> None:
     training.add_argument("--size", type=int, default=112, help="frame side (data.image_size)")
     training.add_argument("--batches", type=int, default=24, help="training batches per epoch (both runs)")
     training.add_argument("--epochs", type=int, default=3, help="end-to-end epochs (feature runs do 3x)")
+    predicting = sub.add_parser("predict", help="folder-run videos/s vs pure decoding and pure model time")
+    predicting.add_argument("--ckpt", type=Path, help="checkpoint (default: a random-weights demo model)")
+    predicting.add_argument("--videos", type=Path, help="folder of videos (default: the demo's test split)")
+    predicting.add_argument("--workers", type=int, default=2, help="decoding workers")
+    predicting.add_argument("--batch-size", type=int, default=8, help="videos per model call")
     args = parser.parse_args(argv)
-    {"data": run_data, "model": run_model, "train": run_train}[args.what](args)
+    {"data": run_data, "model": run_model, "train": run_train, "predict": run_predict}[args.what](args)
 
 if __name__ == "__main__":
     main()

@@ -136,6 +136,8 @@ class Predictor:
                     num_clips: int | None = None) -> torch.Tensor:
         """Float (N, T, 3, H, W) clips from frames [first, stop) of an open video, decoded in one call."""
         stop = reader.num_frames if stop is None else stop
+        if stop <= first:
+            raise VideoDecodeError(reader.path, f"no frames to sample in [{first}, {stop})")
         count = num_clips or self.num_clips
         sampler = self.sampler if count == self.num_clips else MultiClipSampler(self.num_frames, count)
         clips = sampler(stop - first)
