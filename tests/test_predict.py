@@ -157,3 +157,24 @@ def test_evaluate_reports_clip_and_video_accuracy(predictor: Predictor, tmp_path
         assert (tmp_path / "eval" / name).is_file()
     with pytest.raises(ValueError, match=r"labels \['cat'\] are not classes"):
         evaluate(predictor, [VideoRecord(records[0].path, "cat")], tmp_path / "eval2")
+
+
+@pytest.mark.slow
+def test_two_process_prediction_merges_shards_into_one_output(brightness_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in range(7):
+        write_mp4(folder / f"v{n}.mp4", _clip(40 if n % 2 else 215, 10, 300 + n), fps=8)
+    (folder / "zero.mp4").write_bytes(b"")
+    output = tmp_path / "preds.csv"
+    command = [sys.executable, str(REPO / "scripts" / "predict.py"), f"ckpt_path={brightness_checkpoint}",
+               f"input={folder}", f"output={output}", "devices=2", "accelerator=cpu", "strategy=ddp",
+               "batch_size=2", "num_workers=0", f"paths.root_dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _read(output)
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in folder.glob("*.mp4"))
+    labels = {Path(r["path"]).stem: (r["status"], r["label"]) for r in rows}
+    assert labels["zero"][0] == "error"
+    assert all(labels[f"v{n}"] == ("ok", "dark" if n % 2 else "bright") for n in range(7))
+    assert not list(tmp_path.glob("preds.csv.rank*")), "shards are merged and removed"

@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vidlstm.inference.batch import predict_folder
+from vidlstm.inference.distributed import predict_distributed
 from vidlstm.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -15,8 +16,17 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="pkg://vidlstm.conf", config_name="predict")
 def main(cfg: DictConfig) -> dict:
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.num_clips, cfg.top_k, cfg.backend,
-                                          cfg.decode_timeout_s)
+    distributed = cfg.devices != 1 or cfg.num_nodes > 1
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, "cpu" if distributed else cfg.device, cfg.num_clips,
+                                          cfg.top_k, cfg.backend, cfg.decode_timeout_s)
+    if distributed:
+        if cfg.window is not None:
+            raise ValueError("window mode runs on one device: drop `window` or set devices=1")
+        stats = predict_distributed(predictor, cfg.input, cfg.output, cfg.batch_size, cfg.num_workers,
+                                    cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.resume)
+        log.info("%d videos (%d already done) on %d processes -> %s", stats["videos"], stats["skipped"],
+                 stats["world_size"], stats["output"])
+        return stats
     stats = predict_folder(predictor, cfg.input, cfg.output, cfg.batch_size, cfg.num_workers, cfg.window,
                            cfg.stride, cfg.resume)
     log.info("%d ok, %d errors, %d already done; %.2f videos/s -> %s", stats["ok"], stats["error"],
