@@ -52,11 +52,26 @@ def unpadded_distributed_sampler(dataset: Sized) -> UnpaddedDistributedSampler |
     return None
 
 
+class SplitLoaders:
+    """Lightning's train/val/test loader hooks, all served by the class's ``_loader(split)``."""
+
+    _loader: Callable[[str], DataLoader]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
 class Preparer(Protocol):
     def prepare(self) -> Any: ...
 
 
-class VideoDataModule(L.LightningDataModule):
+class VideoDataModule(SplitLoaders, L.LightningDataModule):
     """Clips of ``num_frames`` frames at ``image_size`` pixels, batched as (B, T, 3, H, W).
 
     Args:
@@ -224,15 +239,6 @@ class VideoDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers,
             collate_fn=collate_clips,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints so a model maps its outputs back to class names."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vidlstm.data.datamodule import unpadded_distributed_sampler
+from vidlstm.data.datamodule import SplitLoaders, unpadded_distributed_sampler
 from vidlstm.data.dataset import ClipSample, Failure, VideoClipDataset, collate_clips
 from vidlstm.data.index import VideoRecord
 from vidlstm.data.video import VideoDecodeError
@@ -143,7 +143,7 @@ class FeatureDataset(Dataset):
         return ClipSample(self.features[index].float(), self.labels[index], [])
 
 
-class FeatureDataModule(L.LightningDataModule):
+class FeatureDataModule(SplitLoaders, L.LightningDataModule):
     """Serves a `VideoDataModule`'s splits as cached encoder features. Every split uses the evaluation
     transform; training uses the evaluation sampler too (the frozen encoder sees each video once), and testing
     the test sampler. Built eagerly by `prepare` so extraction time is reported on its own."""
@@ -178,15 +178,6 @@ class FeatureDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) > batch,
                           sampler=None if train else unpadded_distributed_sampler(dataset), collate_fn=collate_clips)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     def state_dict(self) -> dict[str, Any]:
         return self.videos.state_dict()
