@@ -46,7 +46,10 @@ def test_wheel_ships_configs_and_console_script(tmp_path: Path) -> None:
     conf = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
     assert {f"vidlstm/conf/{c}" for c in conf} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "vidlstm-train = vidlstm.cli.train:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for name in ("train", "predict", "evaluate", "export", "benchmark"):
+        assert f"vidlstm-{name} = vidlstm.cli.{name}:main" in scripts
+    assert "vidlstm/inference/predictor.py" in names
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
@@ -58,6 +61,9 @@ def test_wheel_ships_configs_and_console_script(tmp_path: Path) -> None:
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "task_name: demo_meanpool" in result.stdout
+    shown = subprocess.run([sys.executable, "-m", "vidlstm.cli.predict", "--cfg", "job", "ckpt_path=x.ckpt",
+                            "input=videos"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and "num_clips: 3" in shown.stdout, shown.stderr[-2000:]
     located = subprocess.run([sys.executable, "-c", "import vidlstm.conf; print(vidlstm.conf.__file__)"],
                              cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert located.stdout.startswith(str(site))
