@@ -318,3 +318,25 @@ def test_bad_options_are_clear_errors() -> None:
         RecurrentEncoder(3, 4, cell_activation="swish")
     with pytest.raises(ValueError, match=r"zoneout_cell must be in \[0, 1\)"):
         RecurrentEncoder(3, 4, zoneout_cell=1.0)
+
+
+def test_zoneout_draws_a_new_mask_every_step() -> None:
+    """With the forget gate shut and no recurrence, the cell's update at step t depends on x_t alone. A unit
+    kept at some steps and updated at others ends on an intermediate step's value, which only per-step masks
+    produce (one mask per sequence would leave each unit either untouched or at the last step's value)."""
+    torch.manual_seed(10)
+    enc = RecurrentEncoder(3, 64, zoneout_cell=0.5, forget_bias=-1e4).train()
+    with torch.no_grad():
+        enc.rnn.weight_hh_l0.zero_()
+        enc.rnn.bias_hh_l0.zero_()
+    plain = RecurrentEncoder(3, 64, implementation="custom", forget_bias=-1e4)
+    plain.load_state_dict(enc.state_dict())
+    x = torch.randn(1, 6, 3)
+    c0 = torch.full((1, 1, 64), 7.0)
+    state = (torch.zeros(1, 1, 64), c0)
+    updates = [plain(x[:, t: t + 1], state=state)[1][1][0, 0] for t in range(6)]
+    c_final = enc(x, state=state)[1][1][0, 0]
+    source = [next((t for t in range(6) if torch.isclose(c_final[u], updates[t][u])), None)
+              if not torch.isclose(c_final[u], torch.tensor(7.0)) else "kept" for u in range(64)]
+    assert None not in source, "every unit ends on its initial value or on one step's update"
+    assert any(s not in ("kept", 5) for s in source), "some units end on an earlier step's update"
