@@ -4,6 +4,8 @@ which has the same format as `vidlstm.inference.batch.predict_folder`'s."""
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -91,9 +93,7 @@ def merge_shards(output: Path, shards: Sequence[Path]) -> None:
         for shard in shards:
             if not shard.is_file():
                 continue
-            reader = PredictionWriter(shard, windowed=False)
-            reader.close()
-            rows = _read_rows(shard, reader.format)
+            rows = _read_rows(shard, merged.format)
             merged.write([r for r in rows if r["path"] not in merged.done])
             merged.done.update(r["path"] for r in rows)
             shard.unlink()
@@ -102,9 +102,6 @@ def merge_shards(output: Path, shards: Sequence[Path]) -> None:
 
 
 def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
-    import csv
-    import json
-
     with open(path, newline="") as handle:
         if fmt == "jsonl":
             return [json.loads(line) for line in handle if line.strip()]

@@ -36,7 +36,8 @@ class HeadOnly(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.encoder_projection = net.encoder.projection or nn.Identity()
+        projection = net.encoder.projection
+        self.encoder_projection = projection if projection is not None else nn.Identity()
         self.head = net.head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
