@@ -83,16 +83,22 @@ def test_window_mode_labels_each_half_of_a_long_video(predictor: Predictor, tmp_
     assert [r["label"] for r in api_rows[:-1]] == ["dark"] * 3 + ["bright"] * 3
 
 
+def _folder_run(checkpoint: Path, tmp_path: Path, count: int, seed: int, *overrides: str
+                ) -> tuple[Path, Path, list[str]]:
+    """``count`` videos v00.. (odd ones dark, even ones bright), the output path and the predict command."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in range(count):
+        write_mp4(folder / f"v{n:02d}.mp4", _clip(40 if n % 2 else 215, 10, seed + n), fps=8)
+    output = tmp_path / "preds.csv"
+    command = [sys.executable, str(REPO / "scripts" / "predict.py"), f"ckpt_path={checkpoint}", f"input={folder}",
+               f"output={output}", "num_workers=0", f"paths.root_dir={tmp_path}", *overrides]
+    return folder, output, command
+
+
 @pytest.mark.slow
 def test_kill_and_rerun_gives_every_video_exactly_once(brightness_checkpoint: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for n in range(24):
-        write_mp4(folder / f"v{n:02d}.mp4", _clip(40 if n % 2 else 215, 10, 100 + n), fps=8)
-    output = tmp_path / "preds.csv"
-    command = [sys.executable, str(REPO / "scripts" / "predict.py"), f"ckpt_path={brightness_checkpoint}",
-               f"input={folder}", f"output={output}", "batch_size=1", "num_workers=0", "num_clips=1",
-               f"paths.root_dir={tmp_path}"]
+    folder, output, command = _folder_run(brightness_checkpoint, tmp_path, 24, 100, "batch_size=1", "num_clips=1")
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
@@ -161,20 +167,14 @@ def test_evaluate_reports_clip_and_video_accuracy(predictor: Predictor, tmp_path
 
 @pytest.mark.slow
 def test_two_process_prediction_merges_shards_into_one_output(brightness_checkpoint: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for n in range(7):
-        write_mp4(folder / f"v{n}.mp4", _clip(40 if n % 2 else 215, 10, 300 + n), fps=8)
+    folder, output, command = _folder_run(brightness_checkpoint, tmp_path, 7, 300, "devices=2", "accelerator=cpu",
+                                          "strategy=ddp", "batch_size=2")
     (folder / "zero.mp4").write_bytes(b"")
-    output = tmp_path / "preds.csv"
-    command = [sys.executable, str(REPO / "scripts" / "predict.py"), f"ckpt_path={brightness_checkpoint}",
-               f"input={folder}", f"output={output}", "devices=2", "accelerator=cpu", "strategy=ddp",
-               "batch_size=2", "num_workers=0", f"paths.root_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _read(output)
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in folder.glob("*.mp4"))
     labels = {Path(r["path"]).stem: (r["status"], r["label"]) for r in rows}
     assert labels["zero"][0] == "error"
-    assert all(labels[f"v{n}"] == ("ok", "dark" if n % 2 else "bright") for n in range(7))
+    assert all(labels[f"v{n:02d}"] == ("ok", "dark" if n % 2 else "bright") for n in range(7))
     assert not list(tmp_path.glob("preds.csv.rank*")), "shards are merged and removed"

@@ -77,6 +77,15 @@ class Unit:
     video_frames: int = 0
 
 
+def video_unit(predictor: Predictor, paths: Sequence[str], video: int) -> Unit:
+    """Video ``video``'s clips for a video-level prediction, or its error."""
+    try:
+        with predictor.open(paths[video]) as reader:
+            return Unit(video, 0, 1, predictor.video_clips(reader), reader.num_frames)
+    except VideoDecodeError as err:
+        return Unit(video, 0, 1, None, 0, error=err.reason)
+
+
 class _Clips(IterableDataset):
     """Streams `Unit`s; each worker takes every k-th video, so videos are decoded once, in parallel."""
 
@@ -92,11 +101,11 @@ class _Clips(IterableDataset):
             yield from self._units(video)
 
     def _units(self, video: int) -> Iterator[Unit]:
+        if self.window_s is None:
+            yield video_unit(self.predictor, self.paths, video)
+            return
         try:
             with self.predictor.open(self.paths[video]) as reader:
-                if self.window_s is None:
-                    yield Unit(video, 0, 1, self.predictor.video_clips(reader), reader.num_frames)
-                    return
                 spans = windows(reader.num_frames, reader.fps, self.window_s, self.stride_s or self.window_s)
                 for w in spans:  # one window decoded at a time: memory stays flat for long videos
                     clips = self.predictor.video_clips(reader, w.first, w.stop, 1)

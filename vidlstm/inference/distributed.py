@@ -17,8 +17,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from vidlstm.data.video import VideoDecodeError
-from vidlstm.inference.batch import PredictionWriter, Unit, gather_inputs
+from vidlstm.inference.batch import PredictionWriter, Unit, gather_inputs, video_unit
 from vidlstm.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -34,11 +33,7 @@ class _VideoUnits(Dataset):
         return len(self.paths)
 
     def __getitem__(self, video: int) -> Unit:
-        try:
-            with self.predictor.open(self.paths[video]) as reader:
-                return Unit(video, 0, 1, self.predictor.video_clips(reader), reader.num_frames)
-        except VideoDecodeError as err:
-            return Unit(video, 0, 1, None, 0, error=err.reason)
+        return video_unit(self.predictor, self.paths, video)
 
 
 class _PredictModule(L.LightningModule):

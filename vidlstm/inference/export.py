@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidlstm.inference.predictor import Predictor, build_net, load_checkpoint
+from vidlstm.inference.predictor import Predictor
 
 FORMATS = ("torchscript", "onnx")
 PARTS = ("full", "head")
@@ -69,9 +69,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, format: str = "torchscript",
     `ExportParityError` when the exported model disagrees with PyTorch beyond ``tolerance``."""
     if format not in FORMATS or part not in PARTS:
         raise ValueError(f"format must be one of {FORMATS} and part one of {PARTS}, got {format!r}, {part!r}")
-    checkpoint = load_checkpoint(ckpt_path)
-    net = build_net(checkpoint)
     predictor = Predictor.from_checkpoint(ckpt_path, device="cpu", num_clips=1)
+    net = predictor.net
     clip = _sample_clip(predictor, sample)
     module: nn.Module = net if part == "full" else HeadOnly(net)
     example = clip if part == "full" else net.encoder.trunk_features(clip.flatten(0, 1)).unsqueeze(0).detach()
