@@ -1,4 +1,5 @@
-"""Where videos come from: sources that list `VideoRecord`s (path + class name)."""
+"""Where videos come from: sources that list `VideoRecord`s (path + class name + group), and splits carved
+from one list that keep each group (same source video / actor) in one split."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +19,63 @@ SPLITS = ("train", "val", "test")
 @dataclass(frozen=True)
 class VideoRecord:
     """One video of a dataset. ``label`` is the class name (None for unlabelled inputs); ``start_s`` and
-    ``end_s`` restrict it to a segment of a longer file."""
+    ``end_s`` restrict it to a segment of a longer file. ``group`` names the videos it must share a split with
+    when splits are carved from one list (clips of one source video or actor); None: the file is its own
+    group."""
 
     path: str
     label: str | None
     start_s: float | None = None
     end_s: float | None = None
+    group: str | None = None
+
+
+GroupPattern = str | re.Pattern[str]
+
+
+def compile_group_pattern(pattern: GroupPattern | None) -> re.Pattern[str] | None:
+    """The compiled ``group_pattern`` (None stays None); a malformed regex raises ValueError naming it."""
+    if pattern is None or isinstance(pattern, re.Pattern):
+        return pattern
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"group_pattern {pattern!r} is not a valid regular expression ({err})") from err
+
+
+def pattern_group(path: str, pattern: GroupPattern | None) -> str | None:
+    """The group a regex finds in the file name (``re.search``): its first capture group if it has one, else
+    the whole match. None when there is no pattern or it does not match (the file is its own group)."""
+    compiled = compile_group_pattern(pattern)
+    if compiled is None:
+        return None
+    match = compiled.search(Path(path).name)
+    if match is None:
+        return None
+    return match.group(1) if compiled.groups else match.group(0)
+
+
+_UCF101_GROUP = re.compile(r"_g(\d+)_")
+
+
+def ucf101_group(path: str, class_name: str) -> str | None:
+    """UCF101's group ``<Class>_g<NN>`` (clips of one long source video / actor) from ``v_<Class>_gNN_cMM.avi``;
+    the class comes from the folder, whose spelling the file names do not always share. None: no ``_gNN_``."""
+    match = _UCF101_GROUP.search(Path(path).name)
+    return f"{class_name}_g{match.group(1)}" if match else None
+
+
+def hmdb51_group(path: str, class_name: str | None) -> str:
+    """HMDB51's source video: the file stem before ``_<class>_<visibility>_<camera>_<people>_<viewpoint>_
+    <quality>_<clip>``, e.g. ``April_09`` for ``brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi``. Clips
+    of one source video (often a film with clips in several classes) share it; a name that does not follow
+    this pattern is its own group (its whole stem)."""
+    stem = Path(path).stem
+    if class_name:
+        match = re.fullmatch(rf"(.+)_{re.escape(class_name)}(?:_[^_]+){{5}}_\d+", stem)
+        if match:
+            return match.group(1)
+    return stem
 
 
 def segment_frames(record: VideoRecord, num_frames: int, fps: float) -> tuple[int, int]:
@@ -45,11 +98,15 @@ class ClassFolderSource:
     Args:
         root: the tree's top folder; each sub-folder is a class.
         extensions: file endings counted as videos (case-insensitive).
+        group_pattern: optional regex whose match in a file name is the video's group (first capture group if
+            it has one), e.g. ``person\\d+`` for ``person07_clip3.mp4``; files it does not match have none.
     """
 
-    def __init__(self, root: str | os.PathLike, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> None:
+    def __init__(self, root: str | os.PathLike, extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+                 group_pattern: GroupPattern | None = None) -> None:
         self.root = Path(root)
         self.extensions = tuple(e.lower() for e in extensions)
+        self.group_pattern = compile_group_pattern(group_pattern)
 
     def records(self) -> list[VideoRecord]:
         if not self.root.is_dir():
@@ -59,7 +116,8 @@ class ClassFolderSource:
             for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
                 dirnames.sort()
                 records.extend(
-                    VideoRecord(str(Path(dirpath) / f), class_dir.name)
+                    VideoRecord(str(Path(dirpath) / f), class_dir.name,
+                                group=pattern_group(f, self.group_pattern))
                     for f in sorted(filenames)
                     if f.lower().endswith(self.extensions) and not f.startswith(".")
                 )
@@ -73,16 +131,14 @@ class ClassFolderSource:
         return f"ClassFolderSource(root={str(self.root)!r})"
 
 
-def stable_split(path: str, val_fraction: float, test_fraction: float) -> str:
-    """Assign a video to train/val/test by a hash of its file name and parent folder.
-
-    The assignment depends only on the video itself, so adding or removing other videos never moves it.
-    """
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise ValueError(f"split fractions must be >= 0 and sum below 1, got val={val_fraction}, "
                          f"test={test_fraction}")
-    key = "/".join(Path(path).parts[-2:]).encode()
-    u = int.from_bytes(hashlib.sha1(key).digest()[:8], "big") / 2**64
+
+
+def _hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
+    u = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
     if u < val_fraction:
         return "val"
     if u < val_fraction + test_fraction:
@@ -90,16 +146,55 @@ def stable_split(path: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+def _file_key(path: str) -> str:
+    return "/".join(Path(path).parts[-2:])
+
+
+def stable_split(path: str, val_fraction: float, test_fraction: float) -> str:
+    """Assign a video to train/val/test by a hash of its file name and parent folder.
+
+    The assignment depends only on the video itself, so adding or removing other videos never moves it.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    return _hash_split(_file_key(path), val_fraction, test_fraction)
+
+
+def split_key(record: VideoRecord, group_pattern: GroupPattern | None = None) -> str:
+    """What `carve_splits` hashes: ``group:<group>`` for the record's group (else the group ``group_pattern``
+    finds in its file name), else its file as ``<parent folder>/<file name>`` (the key `stable_split` uses)."""
+    group = record.group if record.group is not None else pattern_group(record.path, group_pattern)
+    return _file_key(record.path) if group is None else f"group:{group}"
+
+
+def carve_splits(records: Iterable[VideoRecord], val_fraction: float, test_fraction: float,
+                 group_pattern: GroupPattern | None = None) -> dict[str, list[VideoRecord]]:
+    """Split one list into train/val/test, keeping each group in one split.
+
+    A stable sha1 hash of `split_key` picks the split, so a group's split depends only on its own key:
+    adding or removing other videos never moves it, and a video without a group lands exactly where
+    `stable_split` puts it. The fractions hold for groups (and so for videos on average). Records keep their
+    order within each split.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    compiled = compile_group_pattern(group_pattern)
+    splits: dict[str, list[VideoRecord]] = {split: [] for split in SPLITS}
+    for record in records:
+        splits[_hash_split(split_key(record, compiled), val_fraction, test_fraction)].append(record)
+    return splits
+
+
 def _resolve(root: Path, relative: str) -> str:
     path = Path(relative)
     return str(path if path.is_absolute() else root / path)
 
 
-def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
+def _read_lines(path: Path, what: str, comments: bool = True) -> list[tuple[int, str]]:
+    """Numbered non-blank lines, stripped; with ``comments``, lines starting with '#' are skipped."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     lines = path.read_text().splitlines()
-    return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+    return [(n, line.strip()) for n, line in enumerate(lines, 1)
+            if line.strip() and not (comments and line.startswith("#"))]
 
 
 class ListFileSource:
@@ -111,11 +206,14 @@ class ListFileSource:
 
     Relative paths resolve against ``root`` (default: the list file's folder). Integer labels can be named by
     ``class_names_file`` (one name per line, line i = label i); otherwise the label text is the class name.
+    ``group_pattern`` (optional regex) finds each video's group in its file name, as in `ClassFolderSource`.
     """
 
     def __init__(self, list_file: str | os.PathLike, root: str | os.PathLike | None = None,
-                 class_names_file: str | os.PathLike | None = None) -> None:
+                 class_names_file: str | os.PathLike | None = None,
+                 group_pattern: GroupPattern | None = None) -> None:
         self.list_file = Path(list_file)
+        self.group_pattern = compile_group_pattern(group_pattern)
         self.root = Path(root) if root is not None else self.list_file.parent
         self.names = (
             [line for _, line in _read_lines(Path(class_names_file), "class names file")]
@@ -138,7 +236,9 @@ class ListFileSource:
             if len(parts) != 2:
                 raise ValueError(f"{self.list_file}:{number}: expected '<path> <label>', got {line!r}")
             where = f"{self.list_file}:{number}"
-            records.append(VideoRecord(_resolve(self.root, parts[0]), self._name(parts[1], where)))
+            path = _resolve(self.root, parts[0])
+            records.append(VideoRecord(path, self._name(parts[1], where),
+                                       group=pattern_group(path, self.group_pattern)))
         return records
 
     def _csv_records(self) -> list[VideoRecord]:
@@ -160,8 +260,9 @@ class ListFileSource:
                     raise ValueError(f"{where}: start_s/end_s must be numbers ({err})") from err
                 if start is not None and end is not None and end <= start:
                     raise ValueError(f"{where}: end_s {end} is not after start_s {start}")
-                records.append(VideoRecord(_resolve(self.root, row["path"]), self._name(row["label"], where),
-                                           start, end))
+                path = _resolve(self.root, row["path"])
+                records.append(VideoRecord(path, self._name(row["label"], where), start, end,
+                                           pattern_group(path, self.group_pattern)))
         return records
 
     def __repr__(self) -> str:
@@ -204,7 +305,8 @@ class UCF101SplitSource(_OfficialSplitSource):
             name = Path(relative).parent.name
             if name not in class_index.values():
                 raise ValueError(f"{list_file}:{number}: class folder {name!r} is not in classInd.txt")
-            records.append(VideoRecord(_resolve(self.root, relative), name))
+            path = _resolve(self.root, relative)
+            records.append(VideoRecord(path, name, group=ucf101_group(path, name)))
         return records
 
 
@@ -224,12 +326,14 @@ class HMDB51SplitSource(_OfficialSplitSource):
             match = self._PATTERN.match(list_file.name)
             if not match or match["split"] != str(self.split):
                 continue
-            for number, line in _read_lines(list_file, "HMDB51 split list"):
+            # No comments here: HMDB51 names files like "#20_Rhythm_clap_u_nm_np1_fr_goo_0.avi".
+            for number, line in _read_lines(list_file, "HMDB51 split list", comments=False):
                 parts = line.split()
                 if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                     raise ValueError(f"{list_file}:{number}: expected '<video> <0|1|2>', got {line!r}")
                 if parts[1] == wanted:
-                    records.append(VideoRecord(str(self.root / match["name"] / parts[0]), match["name"]))
+                    path = str(self.root / match["name"] / parts[0])
+                    records.append(VideoRecord(path, match["name"], group=hmdb51_group(path, match["name"])))
         if not records:
             raise FileNotFoundError(
                 f"{self.splits_dir}: no *_test_split{self.split}.txt lists with {self.subset} videos"
