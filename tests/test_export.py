@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from vidlstm.common.checkpoint import build_net, load_checkpoint
 from vidlstm.data.synthetic import write_mp4
 from vidlstm.inference.export import export_checkpoint
-from vidlstm.inference.predictor import Predictor, build_net, load_checkpoint
+from vidlstm.inference.predictor import Predictor
 
 from .conftest import brightness_clip
 

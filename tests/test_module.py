@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vidlstm.training.module import accuracy_metrics
+from vidlstm.common.metrics import accuracy_metrics
 
 
 def _logits_for(predicted: list[int], num_classes: int) -> torch.Tensor:

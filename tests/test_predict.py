@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from vidlstm.common.checkpoint import CheckpointError, load_checkpoint
 from vidlstm.data.synthetic import write_mp4
 from vidlstm.inference import Predictor
 from vidlstm.inference.batch import gather_inputs, predict_folder
-from vidlstm.inference.predictor import CheckpointError, load_checkpoint
 
 from .conftest import brightness_clip as _clip
 from .video_factory import write_audio_only

@@ -13,12 +13,12 @@ from typing import Any
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from vidlstm.common.metrics import accuracy_metrics
+from vidlstm.common.plots import plot_confusion_matrix
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import VideoRecord
 from vidlstm.data.sampling import MultiClipSampler
 from vidlstm.inference.predictor import Predictor
-from vidlstm.training.module import accuracy_metrics
-from vidlstm.training.plots import plot_confusion_matrix
 from vidlstm.utils.progress import progress
 
 log = logging.getLogger(__name__)

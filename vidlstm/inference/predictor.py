@@ -6,66 +6,20 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
+from vidlstm.common.checkpoint import build_net, load_checkpoint
 from vidlstm.data.sampling import MultiClipSampler
 from vidlstm.data.transforms import eval_transform
 from vidlstm.data.video import DEFAULT_TIMEOUT_S, VideoDecodeError, VideoReader, open_video
 
 PREDICTION_FIELDS = ("path", "status", "label", "score", "topk_labels", "topk_scores", "num_frames", "error")
 WINDOW_FIELDS = ("start_s", "end_s")
-
-
-class CheckpointError(ValueError):
-    """The file is not a vidlstm checkpoint (or is damaged)."""
-
-
-def _check_targets(node: Any, where: str) -> None:
-    """Only vidlstm's own classes may be built from a checkpoint's config (a config is data, not code)."""
-    if isinstance(node, Mapping):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith("vidlstm."):
-            raise CheckpointError(f"{where}: refuses to build {target!r} from a checkpoint (only vidlstm.* targets)")
-        for value in node.values():
-            _check_targets(value, where)
-    elif isinstance(node, list):
-        for value in node:
-            _check_targets(value, where)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A vidlstm training checkpoint, loaded with ``weights_only=True``; clear errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated zips, non-checkpoint files
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({' '.join(str(err).split())[:200]})") from err
-    meta = checkpoint.get("vidlstm") if isinstance(checkpoint, dict) else None
-    if not isinstance(meta, dict) or "class_names" not in meta or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not a vidlstm checkpoint (no class names / model config inside); "
-                              "use checkpoints/best.ckpt or last.ckpt of a vidlstm run")
-    _check_targets(meta.get("config"), str(path))
-    return checkpoint
-
-
-def build_net(checkpoint: Mapping[str, Any]) -> nn.Module:
-    """The trained network of a vidlstm checkpoint, weights loaded, in eval mode."""
-    meta = checkpoint["vidlstm"]
-    model_cfg = dict(meta["config"]["model"])
-    model_cfg["encoder"] = {**model_cfg["encoder"], "weights": None}  # the checkpoint holds the weights
-    net = instantiate(model_cfg)(num_classes=len(meta["class_names"]))
-    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
-    return net.eval()
 
 
 @dataclass
@@ -120,13 +74,13 @@ class Predictor:
         """Everything (class names, network, clip length, frame size, normalisation) comes from the
         checkpoint, loaded with ``weights_only=True``."""
         checkpoint = load_checkpoint(path)
-        data = checkpoint["vidlstm"]["config"]["data"]
+        data = checkpoint["vidlstm"]["config"]["data"]  # type-checked by load_checkpoint
         transform_cfg = data.get("eval_transform") or {}
         transform = eval_transform(data["image_size"], resize=transform_cfg.get("resize"),
                                    mean=transform_cfg.get("mean", (0.485, 0.456, 0.406)),
                                    std=transform_cfg.get("std", (0.229, 0.224, 0.225)))
-        return cls(build_net(checkpoint), checkpoint["vidlstm"]["class_names"], data["num_frames"], transform,
-                   num_clips, top_k, backend, timeout_s, device)
+        return cls(build_net(checkpoint, str(path)), checkpoint["vidlstm"]["class_names"], data["num_frames"],
+                   transform, num_clips, top_k, backend, timeout_s, device)
 
     # --- decoding (runs in DataLoader workers for folder runs) ---
     def open(self, path: str | os.PathLike) -> VideoReader:

@@ -1,1 +1,1 @@
-"""Training: the LightningModule, the train(cfg) pipeline, plots."""
+"""Training: the LightningModule, the train(cfg) pipeline, callbacks, optimisation."""

@@ -1,0 +1,1 @@
+"""What training and inference share: checkpoint reading, accuracy metrics, run plots."""
