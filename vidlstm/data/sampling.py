@@ -36,7 +36,7 @@ class UniformSegmentSampler:
         return (start + offset * width).floor().clamp(0, total_frames - 1).long().tolist()
 
     def __repr__(self) -> str:
-        return f"UniformSegmentSampler(num_frames={self.num_frames}, jitter={self.jitter})"
+        return f"UniformSegmentSampler(num_frames={self.num_frames}, jitter={self.jitter}, offset={self.offset})"
 
 
 class DenseClipSampler:
@@ -71,7 +71,7 @@ class DenseClipSampler:
 
     def __repr__(self) -> str:
         return (f"DenseClipSampler(num_frames={self.num_frames}, frame_interval={self.frame_interval}, "
-                f"jitter={self.jitter}, short_video={self.short_video!r})")
+                f"jitter={self.jitter}, short_video={self.short_video!r}, position={self.position})")
 
 
 class MultiClipSampler:
@@ -91,13 +91,16 @@ class MultiClipSampler:
             self.clips = [DenseClipSampler(num_frames, frame_interval, False, short_video, p) for p in positions]
         else:
             self.clips = [UniformSegmentSampler(num_frames, False, p) for p in positions]
-        self.num_frames, self.num_clips = num_frames, num_clips
+        # Every argument is kept, even those the clip kind ignores: the feature cache keys on all of them.
+        self.num_frames, self.num_clips, self.clip = num_frames, num_clips, clip
+        self.frame_interval, self.short_video = frame_interval, short_video
 
     def __call__(self, total_frames: int) -> list[list[int]]:
         return [sampler(total_frames) for sampler in self.clips]
 
     def __repr__(self) -> str:
-        return f"MultiClipSampler(num_frames={self.num_frames}, num_clips={self.num_clips})"
+        return (f"MultiClipSampler(num_frames={self.num_frames}, num_clips={self.num_clips}, clip={self.clip!r}, "
+                f"frame_interval={self.frame_interval}, short_video={self.short_video!r})")
 
 
 def _check_total(total_frames: int) -> None:
