@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,26 +14,7 @@ from vidlstm.data.probe import probe_records
 from vidlstm.data.sampling import UniformSegmentSampler
 from vidlstm.training.train import train
 
-from .video_factory import write_audio_only
-
-
-@pytest.fixture
-def messy_tree(tmp_path: Path, tiny_demo) -> tuple[Path, dict[str, str]]:
-    """The tiny demo's training videos plus four broken files, spread over the class folders."""
-    root = tmp_path / "videos"
-    shutil.copytree(tiny_demo.split_dir("train"), root)
-    good = next((root / "grow").glob("*.mp4"))
-    bad = {
-        "grow/truncated.mp4": good.read_bytes()[: good.stat().st_size // 3],
-        "shrink/zero_bytes.mp4": b"",
-        "appear/notes.mp4": b"meeting notes, not a video\n" * 50,
-    }
-    for name, content in bad.items():
-        (root / name).write_bytes(content)
-    write_audio_only(root / "vanish" / "audio_only.mp4")
-    reasons = {"grow/truncated.mp4": "", "shrink/zero_bytes.mp4": "empty file", "appear/notes.mp4": "not a readable",
-               "vanish/audio_only.mp4": "no video stream"}
-    return root, {str(root / name): reason for name, reason in reasons.items()}
+from .conftest import assert_test_metrics_add_up
 
 
 def _report(cfg) -> dict[str, dict]:
@@ -55,7 +35,7 @@ def test_bad_files_are_quarantined_at_startup(make_config, messy_tree) -> None:
     assert set(rows) == set(bad)
     for path, reason in bad.items():
         assert reason in rows[path]["reason"] and rows[path]["stage"] == "index"
-    assert 0 <= summary["test/acc"] <= 1
+    assert_test_metrics_add_up(summary, len(datamodule.splits["test"]))
 
 
 def test_without_probing_bad_files_are_replaced_during_training(make_config, messy_tree) -> None:
@@ -63,11 +43,15 @@ def test_without_probing_bad_files_are_replaced_during_training(make_config, mes
     cfg = make_config("data=folder", f"data.root={root}", "data.val_fraction=0.2", "data.test_fraction=0.2",
                       "data.probe=false", "data.max_bad_fraction=0.5", "trainer.max_epochs=1", "data.batch_size=1")
     summary, objects = train(cfg)  # batch size 1: no partial last batch is dropped, every file is tried
-    assert objects["trainer"].current_epoch == 1 and 0 <= summary["test/acc"] <= 1
+    assert objects["trainer"].current_epoch == 1
     rows = _report(cfg)
     assert set(rows) == set(bad)
     for path, reason in bad.items():
         assert reason in rows[path]["reason"] and rows[path]["stage"] in ("train", "val", "test")
+    # Bad test files are left out of the metrics (not replaced): only the decodable test videos are scored.
+    test_paths = {r.path for r in objects["datamodule"].splits["test"]}
+    assert_test_metrics_add_up(summary, len(test_paths - set(bad)))
+    assert summary["test/videos_failed"] == len(test_paths & set(bad))
 
 
 def test_run_aborts_with_a_clear_message_past_the_limit(make_config, messy_tree) -> None:
@@ -102,8 +86,9 @@ def test_dataset_replaces_a_bad_video_and_reports_it(tiny_demo, tmp_path: Path) 
     good = sorted(Path(tiny_demo.split_dir("train")).glob("grow/*.mp4"))[0]
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 100)
-    dataset = VideoClipDataset([VideoRecord(str(broken), "shrink"), VideoRecord(str(good), "grow")],
-                               ["grow", "shrink"], UniformSegmentSampler(4), lambda clip: clip.float())
+    records = [VideoRecord(str(broken), "shrink"), VideoRecord(str(good), "grow")]
+    dataset = VideoClipDataset(records, ["grow", "shrink"], UniformSegmentSampler(4), lambda clip: clip.float(),
+                               replace_failures=True)
     torch.manual_seed(0)
     sample = dataset[0]
     assert sample.label == 0, "the replacement's own label"
@@ -114,6 +99,14 @@ def test_dataset_replaces_a_bad_video_and_reports_it(tiny_demo, tmp_path: Path) 
     assert len(batch.failures) == len(sample.failures)
 
     all_bad = VideoClipDataset([VideoRecord(str(broken), "grow")], ["grow"], UniformSegmentSampler(4),
-                               lambda clip: clip, max_retries=3)
+                               lambda clip: clip, max_retries=3, replace_failures=True)
     with pytest.raises(Exception, match="4 videos in a row failed"):
         all_bad[0]
+
+    # Outside training nothing is replaced: the failed video is left out of its batch and reported.
+    evaluation = VideoClipDataset(records, ["grow", "shrink"], UniformSegmentSampler(4), lambda clip: clip.float())
+    left_out = evaluation[0]
+    assert left_out.clip is None and [f.path for f in left_out.failures] == [str(broken)]
+    batch = collate_clips([left_out, evaluation[1]])
+    assert batch.clips.shape == (1, 4, 3, 32, 32) and batch.labels.tolist() == [0]
+    assert collate_clips([left_out]).clips is None and collate_clips([left_out]).labels.numel() == 0

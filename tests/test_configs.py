@@ -38,7 +38,7 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -
     assert isinstance(model, CNNLSTM)
     clips = torch.randn(2, cfg.data.num_frames, 3, cfg.data.image_size, cfg.data.image_size)
     assert model(clips).shape == (2, 8)
-    module = build_module(cfg, [f"c{i}" for i in range(8)], class_counts=[2] * 8)
+    module = build_module(cfg, class_names=[f"c{i}" for i in range(8)], class_counts=[2] * 8)
     module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=cfg.trainer.max_epochs)
     assert module.configure_optimizers()["optimizer"].param_groups
 

@@ -73,7 +73,7 @@ def test_every_optimizer_and_scheduler_config_builds_and_steps(optimizer: str, s
                                                                tmp_path: Path) -> None:
     cfg = compose_config([f"optimizer={optimizer}", f"scheduler={scheduler}", "param_groups.encoder.lr=0.0001",
                           "class_weights=auto"], tmp_path)
-    module = build_module(cfg, ["a", "b", "c"], class_counts=[4, 2, 2])
+    module = build_module(cfg, class_names=["a", "b", "c"], class_counts=[4, 2, 2])
     module.trainer = SimpleNamespace(estimated_stepping_batches=30, max_epochs=cfg.trainer.max_epochs)
     configured = module.configure_optimizers()
     opt = configured["optimizer"]

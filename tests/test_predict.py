@@ -164,6 +164,18 @@ def test_evaluate_reports_clip_and_video_accuracy(predictor: Predictor, tmp_path
     with pytest.raises(ValueError, match=r"labels \['cat'\] are not classes"):
         evaluate(predictor, [VideoRecord(records[0].path, "cat")], tmp_path / "eval2")
 
+    # A truncated video is left out and named, never replaced: the metrics equal those without it.
+    broken = tmp_path / "truncated.mp4"
+    broken.write_bytes((tmp_path / "0.mp4").read_bytes()[:500])
+    messy = evaluate(predictor, [*records[:2], VideoRecord(str(broken), "dark"), *records[2:]],
+                     tmp_path / "eval3", batch_size=4, num_workers=0)
+    for key in ("video/acc", "clip/acc", "video/mean_class_acc", "per_class_acc", "confusion_matrix"):
+        assert messy[key] == results[key], key
+    assert (results["videos"], results["videos_failed"]) == (6, 0)
+    assert (messy["videos"], messy["videos_failed"]) == (6, 1)
+    assert [f["path"] for f in messy["failed_videos"]] == [str(broken)] and messy["failed_videos"][0]["reason"]
+    assert "1 failed to decode" in format_report(messy)
+
 
 @pytest.mark.slow
 def test_two_process_prediction_merges_shards_into_one_output(brightness_checkpoint: Path, tmp_path: Path) -> None:

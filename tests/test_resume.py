@@ -1,5 +1,6 @@
 """Resuming: a run killed with SIGKILL continues from the newest last.ckpt of its task at the right epoch,
-with the optimizer and learning-rate schedule where they were."""
+with the optimizer and learning-rate schedule where they were, and ends exactly where an uninterrupted run
+with the same seed ends: same best checkpoint, val/acc_best and test metrics."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from vidlstm.training.train import resolve_ckpt_path
+from vidlstm.training.callbacks import ResumableModelCheckpoint
+from vidlstm.training.train import config_fingerprint, resolve_ckpt_path
 
 from .conftest import TINY_DEMO
 
@@ -25,7 +28,7 @@ EPOCHS = 6
 
 
 def _command(tiny_demo, log_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "scripts" / "train.py"), "task_name=resume", "test=false",
+    return [sys.executable, str(REPO / "scripts" / "train.py"), "task_name=resume",
             f"paths.data_dir={Path(tiny_demo.root).parent}", f"paths.log_dir={log_dir}",
             *(f"data.prepare.{k}={v}" for k, v in TINY_DEMO.items()), "data.image_size=32", "data.num_frames=8",
             "data.batch_size=8", "data.num_workers=0", "data.persistent_workers=false",
@@ -40,10 +43,25 @@ def _saved_epoch(path: Path) -> int | None:
         return None
 
 
+def _metrics(run: Path) -> dict[int, dict[str, str]]:
+    """metrics.csv's validation row of every epoch."""
+    rows = csv.DictReader((run / "metrics.csv").open())
+    return {int(r["epoch"]): r for r in rows if r.get("val/acc")}
+
+
+def _net_weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.")}
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9_continues_at_the_right_epoch(tiny_demo, tmp_path: Path) -> None:
     log_dir = tmp_path / "outputs"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference = subprocess.run(_command(tiny_demo, tmp_path / "reference"), env=env, capture_output=True,
+                               text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (reference_run,) = (tmp_path / "reference" / "resume").iterdir()
     first = subprocess.Popen(_command(tiny_demo, log_dir), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -84,6 +102,62 @@ def test_resume_after_kill_9_continues_at_the_right_epoch(tiny_demo, tmp_path: P
     expected = [1e-5 + (0.003 - 1e-5) * (1 + math.cos(math.pi * e / EPOCHS)) / 2 for e in epochs]
     assert lrs == pytest.approx(expected, rel=1e-6)
     assert saved["optimizer_states"][0]["state"], "the checkpoint holds the optimizer's moments"
+
+    # The same run as one that was never interrupted: every resumed epoch's metrics, the best checkpoint (the
+    # earlier run's best is remembered), val/acc_best and the test metrics.
+    expected = json.loads((reference_run / "summary.json").read_text())
+    assert summary["resumed_from"] == str(first_run.resolve() / "checkpoints" / "last.ckpt")
+    reference_rows, resumed_rows = _metrics(reference_run), _metrics(second_run)
+    for epoch in epochs:
+        for key in ("val/acc", "val/loss", "val/acc_best"):
+            assert resumed_rows[epoch][key] == reference_rows[epoch][key], (epoch, key)
+    for key in ("val/acc_best", "test/acc", "test/mean_class_acc", "test/confusion_matrix"):
+        assert summary[key] == expected[key], key
+    best, reference_best = _net_weights(Path(summary["best_ckpt"])), _net_weights(Path(expected["best_ckpt"]))
+    assert best.keys() == reference_best.keys()
+    assert all(torch.equal(best[k], reference_best[k]) for k in best)
+
+
+def test_resumed_checkpoint_callback_remembers_the_earlier_best(tmp_path: Path) -> None:
+    old_best = tmp_path / "old" / "checkpoints" / "best.ckpt"
+    old_best.parent.mkdir(parents=True)
+    old_best.write_bytes(b"weights of epoch 3")
+    callback = ResumableModelCheckpoint(dirpath=tmp_path / "new" / "checkpoints", filename="best",
+                                        monitor="val/acc", mode="max")
+    callback.load_state_dict({"dirpath": str(old_best.parent), "best_model_path": str(old_best),
+                              "best_model_score": torch.tensor(0.9), "best_k_models": {str(old_best): 0.9}})
+    new_best = tmp_path / "new" / "checkpoints" / "best.ckpt"
+    assert new_best.read_bytes() == b"weights of epoch 3"
+    assert callback.best_model_path == str(new_best) and float(callback.best_model_score) == pytest.approx(0.9)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision))
+    assert not callback.check_monitor_top_k(trainer, torch.tensor(0.8)), "a worse epoch must not become the best"
+    assert callback.check_monitor_top_k(trainer, torch.tensor(0.95))
+
+
+def _fake_checkpoint(path: Path, fingerprint: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"vidlstm": {"fingerprint": fingerprint}}, path)
+
+
+def test_ckpt_path_last_only_matches_runs_of_the_same_config(tmp_path: Path) -> None:
+    task = tmp_path / "outputs" / "demo"
+    _fake_checkpoint(task / "same" / "checkpoints" / "last.ckpt", "abc")
+    time.sleep(0.02)
+    _fake_checkpoint(task / "multiruns" / "x" / "0" / "checkpoints" / "last.ckpt", "other sweep trial")
+    _fake_checkpoint(task / "other" / "checkpoints" / "interrupted.ckpt", "another config")
+    assert resolve_ckpt_path("last", task, task / "now", "abc") == str(task / "same" / "checkpoints" / "last.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"same data and model config \(3 found belong to runs with another"):
+        resolve_ckpt_path("last", task, task / "now", "xyz")
+
+
+def test_config_fingerprint_ignores_the_run_folder_and_speed_settings(tmp_path: Path) -> None:
+    from .conftest import compose_config
+
+    base = ["paths.data_dir=/data"]
+    first = config_fingerprint(compose_config(base, tmp_path / "run1"))
+    assert config_fingerprint(compose_config([*base, "data.num_workers=0"], tmp_path / "run2")) == first
+    assert config_fingerprint(compose_config([*base, "data.num_frames=12"], tmp_path / "run3")) != first
+    assert config_fingerprint(compose_config([*base, "model.head.hidden_size=64"], tmp_path / "run4")) != first
 
 
 def test_ckpt_path_last_picks_the_newest_earlier_run(tmp_path: Path) -> None:

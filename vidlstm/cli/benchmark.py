@@ -222,7 +222,7 @@ def _demo_checkpoint(path: Path) -> Path:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vidlstm.conf", version_base="1.3"):
         cfg = compose("train", overrides=["paths.output_dir=."])
-    module = build_module(cfg, list(DEMO_CLASSES))
+    module = build_module(cfg, class_names=list(DEMO_CLASSES))
     config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model")}
     torch.save({"state_dict": module.state_dict(),
                 "vidlstm": {"class_names": list(DEMO_CLASSES), "config": config}}, path)

@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
-from vidlstm.data.index import SPLITS, VideoRecord, stable_split
+from vidlstm.data.index import SPLITS, VideoRecord, carve_splits
 from vidlstm.data.probe import append_bad_videos, probe_records
 from vidlstm.data.video import AUTO_ORDER
+from vidlstm.utils.seeding import derived_seed
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,32 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
 
 
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the running process group, (1, 0) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class SeededShuffleSampler(DistributedSampler):
+    """Training order from ``(seed, epoch)`` alone, split across ranks like `DistributedSampler` (Lightning
+    keeps it and calls ``set_epoch``). Yields ``(index, sample seed)`` so each clip's frame choice and
+    augmentation depend on the run's seed, the epoch and the video only: the same with any worker count, and
+    the same after resuming from a checkpoint as in an uninterrupted run."""
+
+    def __init__(self, dataset: Sized, seed: int) -> None:
+        world, rank = _world()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        for index in super().__iter__():
+            yield index, derived_seed(self.seed, "sample", self.epoch, index)
+
+
 def unpadded_distributed_sampler(dataset: Sized) -> UnpaddedDistributedSampler | None:
     """An `UnpaddedDistributedSampler` under multi-process training (Lightning keeps a loader's own
     DistributedSampler instead of its padding one), else None."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        return UnpaddedDistributedSampler(dataset)
-    return None
+    return UnpaddedDistributedSampler(dataset) if _world()[0] > 1 else None
 
 
 class SplitLoaders:
@@ -77,24 +97,33 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
     Args:
         train: source of training videos. Class names are the sorted labels found here.
         val / test: sources for validation and test; when None, they are carved out of ``train`` by a stable
-            hash of each file (``val_fraction`` / ``test_fraction``), so splits never change between runs.
+            hash of each video's group (``val_fraction`` / ``test_fraction``), so splits never change between
+            runs and clips of one group (UCF101 ``_gNN_``, an HMDB51 source video, ``group_pattern``) never
+            sit in two splits.
+        group_pattern: regex whose first group (or whole match) in a file name is its group, for layouts whose
+            sources do not know their groups; None: each video is its own group unless its source says.
         train_sampler / eval_sampler: factories ``(num_frames) -> sampler`` (Hydra partials).
         test_sampler: factory for test clips (e.g. a `MultiClipSampler`); None: ``eval_sampler``.
         train_transform / eval_transform: factories ``(size) -> transform`` (Hydra partials).
         backend: video decoder ("auto" picks per file, see `vidlstm.data.video.open_video`).
         backend_order: the order "auto" tries backends in.
         max_bad_fraction: a stage aborts when more than this share of its clip loads failed (undecodable
-            videos are replaced by others and reported; see `vidlstm.training.callbacks.BadVideoMonitor`).
-        max_retries: replacements tried in a row for one sample before giving up.
-        decode_timeout_s: a video whose probing, opening or decoding takes longer fails (and is replaced).
+            videos are reported; in training they are replaced by others, in validation and test they are left
+            out, never replaced; see `vidlstm.training.callbacks.BadVideoMonitor`).
+        max_retries: replacements tried in a row for one training sample before giving up.
+        decode_timeout_s: a video whose probing, opening or decoding takes longer fails.
         frame_cache: folder for a `FrameCache` (None: decode every epoch); ``frame_cache_size`` is its short
             side in pixels (default ``image_size``).
         feature_cache: train the head from cached features of a frozen encoder (see
-            `vidlstm.data.features`); ``feature_cache_dir`` holds them as ``feature_dtype``.
+            `vidlstm.training.features`); ``feature_cache_dir`` holds them as ``feature_dtype``.
         probe: open every video once at setup (in parallel, cached in ``probe_cache`` by path + size + mtime)
             and leave unreadable ones out of the index, listing them in ``quarantine_report``.
         probe_workers: processes used for probing.
         prepare: optional object whose ``prepare()`` creates the data (the synthetic demo renders its videos).
+        prepare_data_per_node: False: rendering, probing and the quarantine report happen once, on global rank
+            0 (a shared file system); True: on local rank 0 of every node (node-local data).
+        seed: seeds the training order and every training clip's sampling and augmentation (see
+            `SeededShuffleSampler`).
         root: the dataset's root folder, recorded in the run summary.
         params: dataset settings the sources share through config interpolation (split files, split number),
             kept here for the record.
@@ -134,12 +163,17 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         probe_workers: int = 2,
         quarantine_report: str | None = None,
         prepare: Preparer | None = None,
+        prepare_data_per_node: bool = False,
+        group_pattern: str | None = None,
+        seed: int = 0,
         root: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.sources = {"train": train, "val": val, "test": test}
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.group_pattern, self.seed = group_pattern, seed
+        self.prepare_data_per_node = prepare_data_per_node
         self.num_frames, self.image_size = num_frames, image_size
         self.train_sampler, self.eval_sampler = train_sampler(num_frames), eval_sampler(num_frames)
         self.test_sampler = test_sampler(num_frames) if test_sampler else self.eval_sampler
@@ -163,25 +197,40 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         self.params = dict(params or {})
         self.splits: dict[str, list[VideoRecord]] = {}
         self.class_names: list[str] = []
+        self.test_is_val = False
+        self.left_out: dict[str, dict[str, str]] = {split: {} for split in SPLITS}  # {path: reason} per split
 
     def prepare_data(self) -> None:
+        """Work done once (Lightning calls it on rank 0 only, then holds the other ranks at a barrier): create
+        the data, probe every video into the probe cache, and list the unreadable ones in the quarantine
+        report."""
         if self.preparer is not None:
             self.preparer.prepare()
+        if self.probe:
+            self._probe(self._index(), report=True)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        # A split without its own source is carved out of the training source.
+    def _index(self) -> dict[str, list[VideoRecord]]:
+        """Every split's records; a split without its own source is carved out of the training source."""
         fractions = [self.val_fraction if self.sources["val"] is None else 0.0,
                      self.test_fraction if self.sources["test"] is None else 0.0]
-        splits: dict[str, list[VideoRecord]] = {split: [] for split in SPLITS}
-        for record in self.sources["train"].records():
-            splits[stable_split(record.path, *fractions)].append(record)
+        splits = carve_splits(self.sources["train"].records(), *fractions, group_pattern=self.group_pattern)
         for split in ("val", "test"):
             if self.sources[split] is not None:
                 splits[split] = self.sources[split].records()
+        return splits
+
+    def setup(self, stage: str | None = None) -> None:
+        """Every rank: index the splits and leave out the videos probing found unreadable (read from the probe
+        cache that `prepare_data` filled; nothing is written here)."""
+        if self.splits:
+            return
+        splits = self._index()
         if self.probe:
-            splits = self._quarantine(splits)
+            self._probe(splits, report=False)
+            self.left_out = {split: {r.path: self.quarantined[r.path] for r in records if r.path in self.quarantined}
+                             for split, records in splits.items()}
+            splits = {split: [r for r in records if r.path not in self.quarantined]
+                      for split, records in splits.items()}
         self.class_names = sorted({r.label for r in splits["train"]}, key=natural_key)
         for split in ("val", "test"):
             unknown = sorted({r.label for r in splits[split]} - set(self.class_names))
@@ -190,17 +239,21 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         for split in SPLITS:
             if not splits[split]:
                 raise ValueError(f"the {split} split is empty; add videos or change val/test fractions")
+        self.test_is_val = {r.path for r in splits["test"]} == {r.path for r in splits["val"]}
+        if self.test_is_val:
+            log.warning("The test split is the validation split: test metrics are not independent of model "
+                        "selection (summary.json says test_is_val: true)")
         self.splits = splits
 
-    def _quarantine(self, splits: dict[str, list[VideoRecord]]) -> dict[str, list[VideoRecord]]:
+    def _probe(self, splits: dict[str, list[VideoRecord]], report: bool) -> None:
+        """Fill ``quarantined`` ({path: reason}); with ``report``, log and list them in the quarantine report."""
         everything = [r for split in SPLITS for r in splits[split]]
         _, self.quarantined = probe_records(everything, self.probe_cache, self.probe_workers)
-        if self.quarantined:
+        if report and self.quarantined:
             log.warning("%d unreadable videos left out of the index%s", len(self.quarantined),
                         f"; list in {self.quarantine_report}" if self.quarantine_report else "")
             if self.quarantine_report:
                 append_bad_videos(self.quarantine_report, self.quarantined, "index", None)
-        return {split: [r for r in records if r.path not in self.quarantined] for split, records in splits.items()}
 
     @property
     def num_classes(self) -> int:
@@ -223,6 +276,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             self.decode_timeout_s,
             self.frame_cache,
             self.backend_order,
+            replace_failures=train,
         )
 
     def _loader(self, split: str) -> DataLoader:
@@ -231,8 +285,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            sampler=None if train else unpadded_distributed_sampler(dataset),
+            sampler=SeededShuffleSampler(dataset, self.seed) if train else unpadded_distributed_sampler(dataset),
             drop_last=train and len(self.splits[split]) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

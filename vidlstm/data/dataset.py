@@ -20,26 +20,38 @@ class Failure(NamedTuple):
 
 
 class ClipSample(NamedTuple):
-    clip: torch.Tensor  # float (T, 3, H, W), or (N, T, 3, H, W) for a multi-clip sampler
+    clip: torch.Tensor | None  # float (T, 3, H, W), (N, T, 3, H, W) for a multi-clip sampler; None: it failed
     label: int  # -1 if unlabelled
-    failures: list[Failure]  # videos that failed and were replaced to produce this sample
+    failures: list[Failure]  # videos that failed (replaced by another in training, left out otherwise)
 
 
 class ClipBatch(NamedTuple):
-    clips: torch.Tensor  # (B, T, 3, H, W), or (B, N, T, 3, H, W) with N clips per video
-    labels: torch.Tensor  # (B,)
+    clips: torch.Tensor | None  # (B, T, 3, H, W), or (B, N, T, 3, H, W) with N clips per video; None: all failed
+    labels: torch.Tensor  # (B,), only the videos that decoded
     failures: list[Failure]
 
 
 def collate_clips(samples: list[ClipSample]) -> ClipBatch:
-    """Stack clips and labels; gather every replaced video's failure so it reaches the main process."""
-    clips, labels = default_collate([(s.clip, s.label) for s in samples])
-    return ClipBatch(clips, labels, [f for s in samples for f in s.failures])
+    """Stack the clips and labels of the videos that decoded; gather every failure so it reaches the main
+    process. A batch whose videos all failed has ``clips=None`` and no labels."""
+    decoded = [(s.clip, s.label) for s in samples if s.clip is not None]
+    failures = [f for s in samples for f in s.failures]
+    if not decoded:
+        return ClipBatch(None, torch.zeros(0, dtype=torch.long), failures)
+    clips, labels = default_collate(decoded)
+    return ClipBatch(clips, labels, failures)
 
 
 class VideoClipDataset(Dataset):
-    """Returns `ClipSample`s. A video that cannot be decoded is replaced by another randomly chosen one and
-    reported in ``failures``; after ``max_retries`` failures in a row the error is raised.
+    """Returns `ClipSample`s.
+
+    A video that cannot be decoded is reported in ``failures``. With ``replace_failures`` (training) it is
+    replaced by another randomly chosen video, and after ``max_retries`` failures in a row the error is raised;
+    without it (validation, test, evaluation) the sample has ``clip=None`` and is left out of its batch, so
+    every metric counts each decodable video exactly once and never a stand-in.
+
+    Indexed by an int, or by ``(index, seed)`` (see `SeededShuffleSampler`): the sample's frame choice and
+    augmentation then draw from a generator seeded with ``seed`` instead of the worker's global one.
 
     Readers are opened inside ``__getitem__`` (so inside DataLoader workers) and closed straight after: no
     decoder state is ever shared across forked processes.
@@ -56,6 +68,7 @@ class VideoClipDataset(Dataset):
         timeout_s: float | None = 60.0,
         frame_cache: FrameCache | None = None,
         backend_order: Sequence[str] = AUTO_ORDER,
+        replace_failures: bool = False,
     ) -> None:
         self.records = list(records)
         self.class_to_idx = {name: i for i, name in enumerate(class_names)}
@@ -66,6 +79,7 @@ class VideoClipDataset(Dataset):
         self.timeout_s = timeout_s
         self.frame_cache = frame_cache
         self.backend_order = tuple(backend_order)
+        self.replace_failures = replace_failures
 
     def __len__(self) -> int:
         return len(self.records)
@@ -96,7 +110,15 @@ class VideoClipDataset(Dataset):
         transformed = [self.transform(part) for part in frames.split([len(c) for c in clips])]
         return torch.stack(transformed) if multi else transformed[0]
 
-    def __getitem__(self, index: int) -> ClipSample:
+    def __getitem__(self, item: int | tuple[int, int]) -> ClipSample:
+        if isinstance(item, int):
+            return self._sample_at(item)
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._sample_at(index)
+
+    def _sample_at(self, index: int) -> ClipSample:
         failures: list[Failure] = []
         while True:
             record = self.records[index]
@@ -104,6 +126,8 @@ class VideoClipDataset(Dataset):
                 return ClipSample(self.load_clip(record), self.label_of(record), failures)
             except VideoDecodeError as err:
                 failures.append(Failure(err.path, err.reason))
+                if not self.replace_failures:
+                    return ClipSample(None, self.label_of(record), failures)
                 if len(failures) > self.max_retries:
                     raise VideoDecodeError(err.path, f"{len(failures)} videos in a row failed to decode "
                                                      f"(data broken?); last: {err.reason}") from err

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 def evaluate(predictor: Predictor, records: Sequence[VideoRecord], output_dir: str | Path, batch_size: int = 8,
              num_workers: int = 2) -> dict[str, Any]:
     """Score every video of ``records`` (labels must be among the checkpoint's classes) and write
-    ``evaluation.json``, ``per_class.csv`` and ``confusion_matrix.png`` to ``output_dir``."""
+    ``evaluation.json``, ``per_class.csv`` and ``confusion_matrix.png`` to ``output_dir``. A video that fails
+    to decode is left out of every metric (never replaced) and listed in ``failed_videos`` with its reason;
+    ``videos`` counts the videos scored, ``videos_failed`` the others."""
     names = predictor.class_names
     unknown = sorted({r.label for r in records} - set(names))
     if unknown:
@@ -44,18 +46,24 @@ def evaluate(predictor: Predictor, records: Sequence[VideoRecord], output_dir: s
     with progress() as bar:
         task = bar.add_task("Evaluating", total=len(dataset))
         for batch in loader:
-            b, n = batch.clips.shape[:2]
+            failures += batch.failures
+            bar.advance(task, len(batch.labels) + len(batch.failures))
+            if batch.clips is None:  # every video of the batch failed: left out, listed below
+                continue
+            n = batch.clips.shape[1]
             clip_probs = predictor.clip_probabilities(batch.clips)  # (B, N, C)
             clip_metrics.update(clip_probs.flatten(0, 1), batch.labels.repeat_interleave(n))
             video_probs = clip_probs.mean(dim=1)
             for metric in (video_metrics, per_class, confusion):
                 metric.update(video_probs, batch.labels)
-            failures += batch.failures
-            bar.advance(task, b)
     results: dict[str, Any] = {k: round(float(v), 6) for k, v in
                                {**clip_metrics.compute(), **video_metrics.compute()}.items()}
     matrix = confusion.compute().numpy()
-    results.update({"videos": len(dataset), "clips_per_video": predictor.num_clips,
+    if failures:
+        log.warning("%d of %d videos failed to decode and were left out of the metrics: %s", len(failures),
+                    len(dataset), "; ".join(f"{f.path}: {f.reason}" for f in failures[:5]))
+    results.update({"videos": int(matrix.sum()), "videos_failed": len(failures),
+                    "clips_per_video": predictor.num_clips,
                     "per_class_acc": dict(zip(names, [round(v, 6) for v in per_class.compute().tolist()],
                                               strict=True)),
                     "confusion_matrix": matrix.tolist(), "failed_videos": [f._asdict() for f in failures]})
@@ -73,7 +81,9 @@ def evaluate(predictor: Predictor, records: Sequence[VideoRecord], output_dir: s
 
 def format_report(results: dict[str, Any]) -> str:
     """The headline metrics and the per-class table as text."""
-    lines = [f"{results['videos']} videos, {results['clips_per_video']} clips each"]
+    lines = [f"{results['videos']} videos scored, {results['clips_per_video']} clips each"
+             + (f"; {results['videos_failed']} failed to decode (left out, listed in evaluation.json)"
+                if results.get("videos_failed") else "")]
     for level in ("clip", "video"):
         parts = [f"{k.split('/')[1]}={results[k]:.4f}" for k in results if k.startswith(f"{level}/")]
         lines.append(f"  {level:<6} " + "  ".join(parts))

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from vidlstm.data.probe import append_bad_videos
 
@@ -15,14 +20,20 @@ log = logging.getLogger(__name__)
 
 
 class BadVideoMonitor(L.Callback):
-    """Counts videos that failed to decode (and were replaced by others), lists them at the end of every
-    stage in ``report_path`` (path, reason, stage, epoch; one row per video), and aborts the run with a
-    clear message when a stage's failed share of clip loads exceeds the datamodule's ``max_bad_fraction``.
+    """Counts videos that failed to decode (replaced by others in training, left out in validation and test),
+    lists them at the end of every stage in ``report_path`` (path, reason, stage, epoch; one row per video),
+    and aborts the run with a clear message when a stage's failed share of clip loads exceeds the
+    datamodule's ``max_bad_fraction``.
+
+    Under DDP the counts and failures of all ranks are gathered at each stage's end: rank 0 alone writes the
+    report, and every rank takes the same abort decision with the same message, so none is left waiting.
+    ``failed[stage]`` holds {path: reason} of every video that failed in that stage during the run.
     """
 
     def __init__(self, report_path: str) -> None:
         self.report_path = Path(report_path)
         self.reported: dict[str, str] = {}
+        self.failed: dict[str, dict[str, str]] = {}
         # Per stage: validation runs inside the training epoch, so the two must not share counters.
         self.failures: dict[str, list[tuple[str, str]]] = {}
         self.loads: dict[str, int] = {}
@@ -66,15 +77,28 @@ class BadVideoMonitor(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._finish(trainer, "test")
 
+    @staticmethod
+    def _gather(trainer: L.Trainer, failures: list[tuple[str, str]], loads: int) -> tuple[list[tuple[str, str]], int]:
+        """Every rank's failures and load count, on every rank."""
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return failures, loads
+        parts: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(parts, (failures, loads))
+        return [f for part, _ in parts for f in part], sum(n for _, n in parts)
+
     def _finish(self, trainer: L.Trainer, stage: str) -> None:
-        failures, loads = self.failures.get(stage, []), self.loads.get(stage, 0)
+        failures, loads = self._gather(trainer, self.failures.get(stage, []), self.loads.get(stage, 0))
         if not failures:
             return
+        self.failed.setdefault(stage, {}).update(failures)
         new = {path: reason for path, reason in failures if path not in self.reported}
         if new:
-            self._append_report(new, stage, trainer.current_epoch)
-            for path, reason in new.items():
-                log.warning("Skipped undecodable video %s: %s", path, reason)
+            self.reported.update(new)
+            if trainer.is_global_zero:
+                append_bad_videos(self.report_path, new, stage, trainer.current_epoch)
+                for path, reason in new.items():
+                    log.warning("%s video %s: %s", "Replaced undecodable" if stage == "train" else
+                                "Left out undecodable", path, reason)
         fraction = len(failures) / max(loads, 1)
         log.warning("%s epoch %d: %d of %d clip loads failed (%.1f%%); list in %s", stage, trainer.current_epoch,
                     len(failures), loads, 100 * fraction, self.report_path)
@@ -86,9 +110,43 @@ class BadVideoMonitor(L.Callback):
                 f"{self.report_path}"
             )
 
-    def _append_report(self, rows: dict[str, str], stage: str, epoch: int) -> None:
-        append_bad_videos(self.report_path, rows, stage, epoch)
-        self.reported.update(rows)
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that remembers the best checkpoint across a resume into a new run folder.
+
+    Lightning restores the best score only when the folder is unchanged; a resumed vidlstm run writes to a new
+    folder, so the plain callback would forget the earlier epochs and call the first resumed epoch the best.
+    Here the earlier run's best checkpoint is copied into the new folder and its score restored, so the finished
+    run's ``best.ckpt`` is the best of all epochs, exactly as in an uninterrupted run.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir, old_best = state_dict.get("dirpath"), state_dict.get("best_model_path") or ""
+        if old_dir == self.dirpath or not old_best or self.dirpath is None:
+            super().load_state_dict(state_dict)
+            return
+        if not Path(old_best).is_file():
+            raise FileNotFoundError(f"{old_best}: best checkpoint of the run being resumed is gone; resuming "
+                                    "without it would forget the best epochs (restore it, or start a new run)")
+        new_best = str(Path(self.dirpath) / Path(old_best).name)
+        if rank_zero_only.rank == 0:
+            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+            partial = f"{new_best}.{os.getpid()}.partial"
+            shutil.copyfile(old_best, partial)
+            os.replace(partial, new_best)
+        score = state_dict["best_model_score"]
+        self.best_model_score, self.best_model_path = score, new_best
+        self.best_k_models = {new_best: score} if score is not None else {}
+        self.kth_best_model_path, self.kth_value = new_best, score if score is not None else self.kth_value
+
+
+class NetworkBuilder(L.Callback):
+    """Builds the module's network (`VideoClassifier.setup`) in the first callback ``setup`` hook, once the
+    datamodule knows its classes: Lightning runs callbacks' ``setup`` before the module's, and a callback that
+    copies the model there (EMA weight averaging) must see the whole network. `train` puts it first."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.setup(stage)
 
 
 class EpochTimer(L.Callback):

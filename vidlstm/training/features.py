@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vidlstm.data.datamodule import SplitLoaders, unpadded_distributed_sampler
+from vidlstm.data.datamodule import SeededShuffleSampler, SplitLoaders, unpadded_distributed_sampler
 from vidlstm.data.dataset import ClipSample, Failure, VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord
 from vidlstm.data.probe import append_bad_videos
@@ -237,7 +237,8 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> ClipSample:
+    def __getitem__(self, item: int | tuple[int, int]) -> ClipSample:
+        index = item if isinstance(item, int) else item[0]  # (index, seed) from SeededShuffleSampler: no randomness
         return ClipSample(self.features[index].float(), self.labels[index], [])
 
 
@@ -306,6 +307,8 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
             if failures and self.report is not None:
                 append_bad_videos(self.report, {f.path: f.reason for f in failures}, f"{split} features", None)
         self.extraction_s = round(time.perf_counter() - started, 2)
+        log.info("Features: %d videos extracted by this process in %.1f s (cache %s)", self.extract_count,
+                 self.extraction_s, self.cache.root)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the videos and read the stored features of the stage's splits (all three for None); never
@@ -321,8 +324,9 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
         train = split == "train"
         batch = self.videos.batch_size if train else self.videos.eval_batch_size
         dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) > batch,
-                          sampler=None if train else unpadded_distributed_sampler(dataset), collate_fn=collate_clips)
+        sampler = SeededShuffleSampler(dataset, self.videos.seed) if train else unpadded_distributed_sampler(dataset)
+        return DataLoader(dataset, batch_size=batch, drop_last=train and len(dataset) > batch, sampler=sampler,
+                          collate_fn=collate_clips)
 
     def state_dict(self) -> dict[str, Any]:
         return self.videos.state_dict()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -12,16 +14,17 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vidlstm.common.plots import plot_attention, plot_confusion_matrix, plot_curves
 from vidlstm.data.datamodule import VideoDataModule
-from vidlstm.data.features import FeatureCache, FeatureDataModule
-from vidlstm.data.probe import append_bad_videos
-from vidlstm.training.callbacks import EpochTimer
+from vidlstm.models.encoders import FrameEncoder
+from vidlstm.models.registry import build_encoder, build_network
+from vidlstm.training.callbacks import BadVideoMonitor, EpochTimer, NetworkBuilder
+from vidlstm.training.features import FeatureCache, FeatureDataModule
 from vidlstm.training.module import VideoClassifier
-from vidlstm.training.optim import balanced_class_weights
-from vidlstm.training.plots import plot_attention, plot_confusion_matrix, plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -44,110 +47,154 @@ def _plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
 SCHEDULER_STEPPING = ("interval", "monitor")
 
 
-def build_module(cfg: DictConfig, class_names: list[str], class_counts: list[int] | None = None
-                 ) -> VideoClassifier:
-    """The LightningModule for ``cfg``; ``class_counts`` (training videos per class) feed
-    ``class_weights: auto``."""
-    net = instantiate(cfg.model)(num_classes=len(class_names))
+def build_module(cfg: DictConfig, seed: int | None = None, class_names: list[str] | None = None,
+                 encoder: FrameEncoder | None = None, class_counts: list[int] | None = None) -> VideoClassifier:
+    """The LightningModule for ``cfg``. The network, which needs the class list, is built from the plain model
+    config through the model registry in the module's ``setup`` (or now, when ``class_names`` are given),
+    around ``encoder`` when one is given (feature extraction needs the encoder before fitting).
+    ``class_counts`` (training videos per class) feed ``class_weights: auto`` for a network built now."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    encoder = encoder or build_encoder(model_cfg["encoder"])
+    net: Any = functools.partial(build_network, model_cfg, encoder=encoder)
+    if class_names is not None:
+        net = net(len(class_names))
     scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
     stepping = {k: scheduler_cfg.pop(k, None) for k in SCHEDULER_STEPPING} if scheduler_cfg else {}
     return VideoClassifier(
         net=net,
         optimizer=instantiate(cfg.optimizer),
+        class_names=class_names,
         scheduler=instantiate(scheduler_cfg) if scheduler_cfg else None,
         scheduler_interval=stepping.get("interval") or "epoch",
         scheduler_monitor=stepping.get("monitor") or "val/loss",
-        class_names=class_names,
         label_smoothing=cfg.get("label_smoothing", 0.0),
-        class_weights=_class_weights(cfg.get("class_weights"), class_names, class_counts),
+        class_weights=_class_weights(cfg.get("class_weights")),
         param_groups=OmegaConf.to_container(cfg.param_groups) if cfg.get("param_groups") else None,
         config=_plain(cfg, "data", "model"),
+        seed=seed,
+        hparams={**_plain(cfg, "data", "model", "optimizer", "scheduler", "trainer"), "seed": seed},
+        fingerprint=config_fingerprint(cfg),
+        class_counts=class_counts,
     )
 
 
-def _class_weights(setting: Any, class_names: list[str], counts: list[int] | None) -> list[float] | None:
-    if setting is None:
-        return None
-    if setting == "auto":
-        if counts is None:
-            raise ValueError("class_weights=auto needs the training set's class counts")
-        return balanced_class_weights(counts).tolist()
+def _class_weights(setting: Any) -> list[float] | str | None:
+    if setting is None or setting == "auto":
+        return setting
     return [float(w) for w in setting]
+
+
+# Settings that change how fast a run goes, never what it computes: a run may resume with other values.
+RUN_ONLY_DATA_KEYS = ("num_workers", "persistent_workers", "pin_memory", "probe_workers", "probe_cache",
+                      "quarantine_report", "eval_batch_size", "decode_timeout_s")
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """A hash of the run's resolved data and model config, less the run folder and the speed-only settings:
+    `ckpt_path=last` resumes only a run whose fingerprint matches."""
+    masked = cfg.copy()
+    with open_dict(masked):
+        masked.paths.output_dir = "<run folder>"
+    plain = _plain(masked, "data", "model")
+    for key in RUN_ONLY_DATA_KEYS:
+        plain.get("data", {}).pop(key, None)
+    if isinstance(plain.get("data", {}).get("prepare"), dict):
+        plain["data"]["prepare"].pop("workers", None)
+    return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
 
 RESUMABLE = ("last.ckpt", "interrupted.ckpt")
 
 
-def resolve_ckpt_path(value: str | None, task_dir: Path, current_run: Path) -> str | None:
+def _stored_fingerprint(path: Path) -> str | None:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # caught mid-write, damaged: never resumed from
+        return None
+    meta = checkpoint.get("vidlstm") if isinstance(checkpoint, dict) else None
+    return meta.get("fingerprint") if isinstance(meta, dict) else None
+
+
+def resolve_ckpt_path(value: str | None, task_dir: Path, current_run: Path, fingerprint: str | None = None
+                      ) -> str | None:
     """``last``: the newest last.ckpt / interrupted.ckpt of an earlier run of this task (``task_dir`` =
-    ``<log_dir>/<task_name>``); a path is checked to exist; None stays None."""
+    ``<log_dir>/<task_name>``) whose data and model config match ``fingerprint`` (see `config_fingerprint`);
+    a path is checked to exist; None stays None."""
     if value is None:
         return None
     if value != "last":
         if not Path(value).is_file():
             raise FileNotFoundError(f"{value}: checkpoint to resume from not found")
         return value
-    candidates = [p for name in RESUMABLE for p in task_dir.glob(f"**/checkpoints/{name}")
-                  if current_run not in p.parents]
-    if not candidates:
-        raise FileNotFoundError(f"{task_dir}: ckpt_path=last found no {' or '.join(RESUMABLE)} of an earlier run")
-    newest = max(candidates, key=lambda p: p.stat().st_mtime)
-    log.info("Resuming from %s", newest)
-    return str(newest)
+    candidates = sorted((p for name in RESUMABLE for p in task_dir.glob(f"**/checkpoints/{name}")
+                         if current_run not in p.parents), key=lambda p: p.stat().st_mtime, reverse=True)
+    others = 0
+    for candidate in candidates:
+        if fingerprint is None or _stored_fingerprint(candidate) == fingerprint:
+            log.info("Resuming from %s (run folder %s)", candidate, candidate.parent.parent)
+            return str(candidate)
+        others += 1
+    detail = f" ({others} found belong to runs with another data/model config)" if others else ""
+    raise FileNotFoundError(f"{task_dir}: ckpt_path=last found no {' or '.join(RESUMABLE)} of an earlier run of "
+                            f"this task with the same data and model config{detail}")
 
 
-def feature_datamodule(videos: VideoDataModule, module: VideoClassifier, report: Path | None
-                       ) -> FeatureDataModule:
-    """Switch a run to feature-cache training: extract (or reuse) features of the frozen encoder and make the
-    module take features. Videos that fail during extraction are listed in ``report``."""
-    encoder = module.net.encoder
+def feature_datamodule(videos: VideoDataModule, module: VideoClassifier, encoder: FrameEncoder,
+                       report: str | None) -> FeatureDataModule:
+    """Switch a run to feature-cache training: the frozen encoder's features are extracted (or reused) in the
+    datamodule's ``prepare_data`` (rank 0) and read in ``setup`` (every rank); the module takes features.
+    Videos that fail during extraction are listed in ``report``."""
     if getattr(encoder, "freeze", None) != "all":
         raise ValueError("data.feature_cache=true needs a frozen encoder: set model.encoder.freeze=all "
                          "(features of an encoder that trains would go stale)")
     cache = FeatureCache(videos.feature_cache_dir, encoder, videos.feature_dtype, videos.eval_batch_size,
                          videos.num_workers)
-    features = FeatureDataModule(videos, cache)
-    features.prepare()
-    if report is not None:
-        for split, failures in features.failures.items():
-            if failures:
-                append_bad_videos(report, {f.path: f.reason for f in failures}, f"{split} features", None)
     module.inputs = "features"
-    return features
+    return FeatureDataModule(videos, cache, report=report)
 
 
-def _count_parameters(module: L.LightningModule) -> dict[str, int]:
-    params = list(module.parameters())
-    return {"params/total": sum(p.numel() for p in params),
-            "params/trainable": sum(p.numel() for p in params if p.requires_grad)}
+def check_recipe(cfg: DictConfig) -> None:
+    """Refuse an experiment tuned for one data config (``experiment_data``) combined with another: the run
+    would silently inherit the recipe's task name, learning rate and schedule."""
+    wanted = cfg.get("experiment_data")
+    if wanted is None or not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    chosen = choices.get("data")
+    if chosen is not None and chosen != wanted:
+        raise ValueError(f"experiment={choices.get('experiment')} is tuned for data={wanted}, not data={chosen}: "
+                         "pick a recipe for your data (e.g. experiment=folder) or ~experiment for the plain "
+                         "defaults")
+
+
+def _run_seed(cfg: DictConfig) -> int:
+    """The configured seed, or (``seed: null``) a random one, recorded in the summary so the run can be
+    repeated. Lightning exports it to the processes it starts, so DDP ranks agree."""
+    return L.seed_everything(cfg.get("seed"), workers=True, verbose=False)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train and test as configured. Returns (summary metrics, objects built) so tests can inspect both."""
+    """Train and test as configured. Returns (summary metrics, objects built) so tests can inspect both.
+
+    Nothing here touches the data before the Trainer does: rendering, probing, the quarantine report and
+    feature extraction happen in the datamodule's ``prepare_data`` (rank 0 only under DDP), indexing in its
+    ``setup`` (every rank), and the network is built in the module's ``setup``."""
     started = time.perf_counter()
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    check_recipe(cfg)
+    seed = _run_seed(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule: VideoDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    log.info("Data: %d classes, %s videos (train/val/test)", datamodule.num_classes,
-             "/".join(str(len(datamodule.splits[s])) for s in ("train", "val", "test")))
-    module = build_module(cfg, datamodule.class_names, list(datamodule.class_counts("train").values()))
-    extraction_s = None
-    if datamodule.feature_cache:
-        extract_started = time.perf_counter()
-        datamodule = feature_datamodule(datamodule, module, Path(cfg.callbacks.bad_videos.report_path)
-                                        if cfg.get("callbacks") and cfg.callbacks.get("bad_videos") else None)
-        extraction_s = round(time.perf_counter() - extract_started, 2)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    videos: VideoDataModule = instantiate(cfg.data, seed=seed)
+    encoder = build_encoder(OmegaConf.to_container(cfg.model.encoder, resolve=True))
+    module = build_module(cfg, seed, encoder=encoder)
+    callbacks = [NetworkBuilder(), *_instantiate_all(cfg.get("callbacks"))]
+    monitor = next((c for c in callbacks if isinstance(c, BadVideoMonitor)), None)
+    datamodule: Any = videos
+    if videos.feature_cache:
+        datamodule = feature_datamodule(videos, module, encoder, str(monitor.report_path) if monitor else None)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams({**_plain(cfg, "data", "model", "optimizer", "scheduler", "trainer"),
-                                "seed": cfg.get("seed"), **_count_parameters(module)})
     objects = {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer,
                "callbacks": callbacks, "loggers": loggers}
 
@@ -155,12 +202,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("train", True):
         fit_started = time.perf_counter()
         resume = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir).resolve() / cfg.task_name,
-                                   output_dir)
+                                   output_dir, module.fingerprint)
+        if resume:
+            summary["resumed_from"] = str(Path(resume).resolve())
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         summary.update(_scalars(trainer.callback_metrics))
         summary["fit_time_s"] = round(time.perf_counter() - fit_started, 2)
-    if extraction_s is not None:
-        summary["feature_extraction_s"] = extraction_s
+    if isinstance(datamodule, FeatureDataModule) and datamodule.extraction_s is not None:
+        summary["feature_extraction_s"] = datamodule.extraction_s
     timers = [c for c in callbacks if isinstance(c, EpochTimer) and c.epoch_times_s]
     if timers:
         summary["epoch_time_s"] = statistics.median(timers[0].epoch_times_s)
@@ -171,11 +220,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(module, datamodule=datamodule, ckpt_path=best_ckpt or None)
         summary.update(_scalars(trainer.callback_metrics))
         per_class = module.test_per_class.compute().tolist()
-        summary["test/per_class_acc"] = dict(zip(datamodule.class_names, per_class, strict=True))
+        summary["test/per_class_acc"] = dict(zip(module.class_names, per_class, strict=True))
         confusion = module.test_confusion.compute().cpu().numpy()  # metrics sync across ranks: all compute
         summary["test/confusion_matrix"] = confusion.tolist()
         if trainer.is_global_zero:
-            plot_confusion_matrix(confusion, datamodule.class_names, output_dir / "confusion_matrix.png")
+            plot_confusion_matrix(confusion, module.class_names, output_dir / "confusion_matrix.png")
+    if videos.splits:
+        summary.update(_data_honesty(videos, datamodule, monitor))
     if not trainer.is_global_zero:  # under DDP only rank 0 writes the run's files
         return summary, objects
 
@@ -186,23 +237,43 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         plot_curves(metrics_csv, output_dir / "curves.png")
     last_ckpt = output_dir / "checkpoints" / "last.ckpt"
     summary.update({
-        "class_names": datamodule.class_names,
+        "class_names": module.class_names,
         "epochs_completed": trainer.current_epoch,
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_ckpt": str(Path(best_ckpt).resolve()) if best_ckpt else None,
         "last_ckpt": str(last_ckpt) if last_ckpt.is_file() else None,
         "output_dir": str(output_dir),
-        "seed": cfg.get("seed"),
+        "seed": seed,
     })
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     _report(summary, output_dir)
     return summary, objects
 
 
+def _data_honesty(videos: VideoDataModule, datamodule: Any, monitor: BadVideoMonitor | None) -> dict[str, Any]:
+    """What the metrics stand on: whether test is the validation set, and per split which videos were left out
+    (at start-up, during feature extraction, or while decoding in validation/test) with the reason."""
+    failed: list[dict[str, str]] = []
+    for split in ("val", "test"):
+        stages = [("index", videos.left_out.get(split, {}))]
+        if isinstance(datamodule, FeatureDataModule):
+            stages.append((f"{split} features", {f.path: f.reason for f in datamodule.failures.get(split, [])}))
+        if monitor is not None:
+            stages.append((split, monitor.failed.get(split, {})))
+        seen: set[str] = set()
+        for stage, rows in stages:
+            for path, reason in rows.items():
+                if path not in seen:
+                    seen.add(path)
+                    failed.append({"path": path, "reason": reason, "stage": stage, "split": split})
+    counts = {f"{split}/videos_failed": sum(1 for f in failed if f["split"] == split) for split in ("val", "test")}
+    return {"test_is_val": videos.test_is_val, **counts, "failed_videos": failed}
+
+
 @torch.no_grad()
 def _plot_attention(module: VideoClassifier, datamodule: Any, out_png: Path, clips: int = 8) -> None:
     """attention.png: the attention head's weights over time for the first validation clips."""
-    batch = next(iter(datamodule.val_dataloader()), None)
+    batch = next((b for b in datamodule.val_dataloader() if b[0] is not None), None)
     if batch is None:
         return
     module.eval()
@@ -211,7 +282,7 @@ def _plot_attention(module: VideoClassifier, datamodule: Any, out_png: Path, cli
     weights = module.net.head.attention_weights
     if weights is None or weights.dim() != 2:  # multi-clip inputs: no single weight row per clip
         return
-    plot_attention(weights.cpu().numpy(), labels.tolist(), predictions.tolist(), datamodule.class_names, out_png)
+    plot_attention(weights.cpu().numpy(), labels.tolist(), predictions.tolist(), module.class_names, out_png)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
