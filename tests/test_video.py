@@ -108,12 +108,11 @@ def test_a_native_decoder_stuck_in_one_call_is_abandoned_and_avoided(
     import threading
     import time
 
-    from vidlstm.data import video
-    from vidlstm.data.video import DecodeStuck, DecordReader
+    from vidlstm.data.video import DecodeStuck, DecordReader, backend_available, deadlines
 
-    if not video.backend_available("decord"):
+    if not backend_available("decord"):
         pytest.skip("decord is not installed here")
-    monkeypatch.setattr(video, "_STUCK", set())
+    monkeypatch.setattr(deadlines, "_STUCK", set())  # read at call time by `_limited` and `_stuck_before`
     release = threading.Event()
     calls = []
 

@@ -1,0 +1,101 @@
+"""Opening a video: the backend registry, which backends load here, and `open_video`'s choice among them
+("auto": the first installed backend that suits the file and opens it); `probe` reads the metadata."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from stat import S_ISREG
+
+from vidlstm.data.video.base import VideoReader
+from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, _limited, _stuck_before
+from vidlstm.data.video.decord import DecordReader
+from vidlstm.data.video.errors import VideoDecodeError, _one_line
+from vidlstm.data.video.facts import StreamFacts, VideoInfo, stream_facts
+from vidlstm.data.video.opencv import OpenCVReader
+from vidlstm.data.video.pyav import PyAVReader
+from vidlstm.data.video.torchcodec import TorchCodecReader
+
+BACKENDS: dict[str, Callable[..., VideoReader]] = {
+    "decord": DecordReader,
+    "torchcodec": TorchCodecReader,
+    "pyav": PyAVReader,
+    "opencv": OpenCVReader,
+}
+# torchcodec first when installed: frame-exact and the fastest in scripts/benchmark.py data; decord leads a base
+# install (torchcodec is an optional extra needing system FFmpeg).
+AUTO_ORDER: tuple[str, ...] = ("torchcodec", "decord", "pyav", "opencv")
+_MODULES = {"decord": "decord", "torchcodec": "torchcodec.decoders", "pyav": "av", "opencv": "cv2"}
+
+
+def _readable_file_stat(path: Path) -> os.stat_result:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError as err:
+        raise VideoDecodeError(path, "no such file") from err
+    except OSError as err:
+        raise VideoDecodeError(path, f"cannot read the file ({_one_line(err)})") from err
+    if not S_ISREG(stat.st_mode):
+        raise VideoDecodeError(path, "not a regular file")
+    if stat.st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    return stat
+
+
+@functools.cache
+def backend_available(name: str) -> bool:
+    """Whether ``name``'s library imports here (torchcodec also needs FFmpeg's shared libraries)."""
+    try:
+        __import__(_MODULES[name])
+    except Exception:  # ImportError, or RuntimeError/OSError when native libraries are missing
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    return [name for name in AUTO_ORDER if backend_available(name)]
+
+
+def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[str] = AUTO_ORDER,
+               timeout_s: float | None = DEFAULT_TIMEOUT_S) -> VideoReader:
+    """Open ``path`` with ``backend``, or with "auto": the first backend in ``order`` that is installed, suits
+    the file (see `VideoReader.unsuitable_reason`) and opens it. ``reader.backend`` says which one served.
+    Probing, opening and each `get_frames` call are limited to ``timeout_s`` seconds (None: no limit)."""
+    path = Path(path)
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose from {['auto', *BACKENDS]}")
+    facts = stream_facts(path, timeout_s, _readable_file_stat(path))
+    if backend != "auto":
+        if not backend_available(backend):
+            raise VideoDecodeError(path, f"video backend {backend!r} is not installed or cannot load")
+        return _open_with(backend, path, facts, timeout_s)
+    reasons = []
+    for name in (n for n in order if backend_available(n)):
+        if _stuck_before(path, name):
+            reasons.append(f"{name}: got stuck on this file earlier in this process")
+            continue
+        try:
+            return _open_with(name, path, facts, timeout_s)
+        except VideoDecodeError as err:
+            reasons.append(f"{name}: {err.reason}")
+    raise VideoDecodeError(path, "; ".join(reasons) or "no video backend installed")
+
+
+def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None) -> VideoReader:
+    try:
+        reader = _limited(BACKENDS[name], lambda: BACKENDS[name](str(path), facts), timeout_s, path,
+                          f"opening with {name}")
+    except VideoDecodeError:
+        raise
+    except Exception as err:  # each library has its own exception types
+        raise VideoDecodeError(path, _one_line(err)) from err
+    reader.timeout_s = timeout_s
+    return reader
+
+
+def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
+    """Read a video's metadata; raises `VideoDecodeError` with the reason if it cannot be opened."""
+    with open_video(path, backend) as reader:
+        return reader.info()

@@ -1,0 +1,122 @@
+"""The `VideoReader` interface every backend implements, and helpers the backends share.
+
+`get_frames(indices)` gives exactly the requested frames as a ``torch.uint8`` tensor of shape ``(T, 3, H, W)``
+(RGB, in the order asked, repeats allowed). Every failure to read a file surfaces as `VideoDecodeError`
+carrying the path and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, _limited, _stuck_before
+from vidlstm.data.video.errors import VideoDecodeError, _one_line
+from vidlstm.data.video.facts import StreamFacts, VideoInfo, stream_facts
+
+
+class VideoReader(ABC):
+    """Random access to the frames of one video file. Use as a context manager or call `close()`.
+
+    Frames come out in display orientation: backends that do not apply rotation metadata themselves
+    (``applies_rotation = False``) are rotated here.
+    """
+
+    backend: ClassVar[str]
+    applies_rotation: ClassVar[bool] = False
+    # Decodes a batch in one native call (GIL released): limited by `call_with_deadline`, not by a signal.
+    native: ClassVar[bool] = False
+    # Codecs this backend decodes wrongly (measured by tests/test_video_backends.py): `auto` skips it there.
+    UNRELIABLE_CODECS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
+        """Why this backend must not serve a file with these facts, or None."""
+        if facts.codec in cls.UNRELIABLE_CODECS:
+            return f"{cls.backend} decodes {facts.codec} wrongly (wrong or missing frames on random access)"
+        return None
+
+    timeout_s: float | None = DEFAULT_TIMEOUT_S  # limit for one get_frames call (see `time_limit`)
+
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
+        self.path = str(path)
+        self.facts = facts or stream_facts(path)
+        reason = self.unsuitable_reason(self.facts)
+        if reason:
+            raise VideoDecodeError(self.path, reason)
+
+    @property
+    def num_frames(self) -> int:
+        return self.facts.num_frames
+
+    @property
+    @abstractmethod
+    def fps(self) -> float: ...
+
+    @property
+    @abstractmethod
+    def coded_size(self) -> tuple[int, int]:
+        """(height, width) of the decoded frames before rotation."""
+
+    @property
+    def height(self) -> int:
+        h, w = self.coded_size
+        return w if self.facts.rotation in (90, 270) else h
+
+    @property
+    def width(self) -> int:
+        h, w = self.coded_size
+        return h if self.facts.rotation in (90, 270) else w
+
+    @abstractmethod
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        """Decode sorted, unique, in-range indices -> uint8 (N, 3, H, W) RGB."""
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """Frames at ``indices`` as uint8 ``(T, 3, H, W)``, in the given order (repeats allowed)."""
+        wanted = [int(i) for i in indices]
+        if not wanted:
+            raise ValueError(f"{self.path}: get_frames needs at least one index")
+        bad = [i for i in wanted if not 0 <= i < self.num_frames]
+        if bad:
+            raise IndexError(f"{self.path}: frame indices {bad[:5]} outside [0, {self.num_frames})")
+        unique = sorted(set(wanted))
+        if _stuck_before(self.path, self.backend):
+            raise VideoDecodeError(self.path, f"{self.backend} is still stuck in an earlier call on this file")
+        try:
+            decoded = _limited(type(self), lambda: self._decode_sorted_unique(unique), self.timeout_s, self.path,
+                               f"decoding {len(unique)} frames with {self.backend}")
+        except VideoDecodeError:
+            raise
+        except Exception as err:  # decoder libraries raise many unrelated types
+            raise VideoDecodeError(self.path, f"{self.backend} failed to decode frames: {_one_line(err)}") from err
+        if decoded.shape[0] != len(unique) or decoded.dim() != 4 or decoded.shape[1] != 3:
+            raise VideoDecodeError(
+                self.path, f"{self.backend} returned shape {tuple(decoded.shape)} for {len(unique)} frames"
+            )
+        if self.facts.rotation and not self.applies_rotation:
+            decoded = torch.rot90(decoded, k=self.facts.rotation // 90, dims=(2, 3))
+        position = {frame: row for row, frame in enumerate(unique)}
+        order = torch.as_tensor([position[i] for i in wanted])
+        return decoded.index_select(0, order).contiguous()
+
+    def info(self) -> VideoInfo:
+        return VideoInfo(self.path, self.num_frames, self.fps, self.height, self.width, self.backend)
+
+    def close(self) -> None:  # noqa: B027 - optional for backends that hold no OS resources
+        pass
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _from_hwc(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)

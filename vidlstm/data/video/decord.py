@@ -1,0 +1,57 @@
+"""The decord backend (`DecordReader`)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from vidlstm.data.video.base import VideoReader, _from_hwc
+from vidlstm.data.video.errors import VideoDecodeError
+from vidlstm.data.video.facts import StreamFacts
+
+
+class DecordReader(VideoReader):
+    """decord: fast seek-based random access (the default). Refuses files it decodes wrongly."""
+
+    backend = "decord"
+    native = True
+    UNRELIABLE_CODECS = frozenset({"mpeg4"})  # MPEG-4 Part 2 with B-frames: wrong frames on random access
+
+    @classmethod
+    def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
+        if facts.rotation:
+            return "decord mis-decodes rotated videos (malformed frames)"
+        if facts.num_video_streams > 1:
+            return "decord cannot choose among several video streams"
+        return super().unsuitable_reason(facts)
+
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None, num_threads: int = 1) -> None:
+        super().__init__(path, facts)
+        import decord
+
+        self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=num_threads)
+        if len(self._vr) != self.facts.num_frames:
+            # decord hangs or returns wrong frames when its frame index disagrees with the file (issue #373).
+            raise VideoDecodeError(self.path, f"decord counts {len(self._vr)} frames where the container holds "
+                                              f"{self.facts.num_frames}")
+        self._size: tuple[int, int] | None = None
+
+    @property
+    def fps(self) -> float:
+        return float(self._vr.get_avg_fps())
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        if self._size is None:
+            self._size = tuple(self._vr[0].shape[:2])
+            self._vr.seek(0)
+        return self._size
+
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        if indices[-1] >= len(self._vr):
+            raise VideoDecodeError(self.path, f"decord sees {len(self._vr)} frames, frame {indices[-1]} requested")
+        return _from_hwc(self._vr.get_batch(indices).asnumpy())
+
+    def close(self) -> None:
+        self._vr = None
