@@ -143,6 +143,14 @@ HOSTILE = {
     "recursive_flag": (("model", "_recursive_"), False, r"model\._recursive_: not allowed"),
     "target_not_a_string": (("model", "encoder", "_target_"), ["os.system"],
                             r"model\.encoder\._target_: refuses to build \['os\.system'\]"),
+    # backbone names that make timm read a directory or fetch from a hub, and names that are no model at all
+    "timm_local_dir": (("model", "encoder", "backbone"), "timm:local-dir:EVIL",
+                       r"model\.encoder: backbone 'timm:local-dir:.*not a timm model name"),
+    "timm_hub": (("model", "encoder", "backbone"), "timm:hf-hub:someone/evil",
+                 r"model\.encoder: backbone 'timm:hf-hub:someone/evil': not a timm model name"),
+    "backbone_not_a_model": (("model", "encoder", "backbone"), "os.system",
+                             r"model\.encoder: backbone 'os\.system': not a torchvision classification model"),
+    "huge_probe": (("model", "encoder", "probe_size"), 10**6, r"model\.encoder: probe_size must be in \[16, 1024\]"),
     # (c) unknown keys
     "unknown_head_key": (("model", "head", "foo"), 1, r"model\.head\.foo: unknown key"),
     "unknown_encoder_key": (("model", "encoder", "weights_path"), "EVIL", r"model\.encoder\.weights_path: unknown key"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -101,12 +102,23 @@ def timm_trunk(name: str, weights: str | None = None) -> nn.Module:
     return _TimmTrunk(model)
 
 
+# timm model names are identifiers with an optional ".tag"; prefixes such as "hf-hub:" or "local-dir:" would
+# make timm fetch or read a config, which a backbone name (possibly read from a checkpoint) must never do.
+_TIMM_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
+
+
 def build_trunk(backbone: str, weights: str | None = None) -> nn.Module:
     """"tiny" (or another registered name), "timm:<name>", or any torchvision classification model name."""
     if backbone in BACKBONES:
         return BACKBONES[backbone](weights=weights)
     if backbone.startswith("timm:"):
-        return timm_trunk(backbone.removeprefix("timm:"), weights)
+        name = backbone.removeprefix("timm:")
+        if not _TIMM_NAME.fullmatch(name):
+            raise ValueError(f"backbone {backbone!r}: not a timm model name (hub and directory prefixes are refused)")
+        return timm_trunk(name, weights)
+    if backbone not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"backbone {backbone!r}: not a torchvision classification model, 'timm:<name>' or one of "
+                         f"{sorted(BACKBONES)}")
     return torchvision_trunk(backbone, weights)
 
 
@@ -166,6 +178,8 @@ class FrameEncoder(nn.Module):
         self.backbone, self.spatial_grid, self.chunk_size = backbone, spatial_grid, chunk_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.trunk.to(memory_format=self.memory_format)
+        if not 16 <= probe_size <= 1024:
+            raise ValueError(f"probe_size must be in [16, 1024], got {probe_size}")
         self.channels = self._probe_channels(probe_size)
         features = self.channels * spatial_grid * spatial_grid
         self.projection = (nn.Sequential(nn.Linear(features, projection_size), nn.Dropout(projection_dropout))
