@@ -18,8 +18,11 @@ from .conftest import assert_test_metrics_add_up
 
 
 def _report(cfg) -> dict[str, dict]:
+    """bad_videos.csv by path; each video is listed once (fit and test both prepare the data)."""
     with open(Path(cfg.paths.output_dir) / "bad_videos.csv", newline="") as f:
-        return {row["path"]: row for row in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    assert len({r["path"] for r in rows}) == len(rows), "a video is listed twice"
+    return {row["path"]: row for row in rows}
 
 
 def test_bad_files_are_quarantined_at_startup(make_config, messy_tree) -> None:

@@ -104,3 +104,15 @@ def test_ddp_abort_on_one_rank_stops_every_rank_with_the_message(messy_tree, tmp
     assert time.monotonic() - started < 300
     messages = re.findall(r"clip loads \(\d+\.\d%\) failed in \w+ epoch 0, above data.max_bad_fraction=0.0", output)
     assert len(messages) >= 2, f"every rank ends with the same message:\n{output[-3000:]}"
+
+
+def test_ranks_never_probe_on_their_own(make_config) -> None:
+    """Without a probe cache each rank would probe by itself and could leave out different videos."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(make_config("data.probe_cache=null").data)
+    datamodule.trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(ValueError, match=r"data.probe_cache=null with several processes"):
+        datamodule.setup("fit")

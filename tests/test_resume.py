@@ -17,9 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from vidlstm.training.callbacks import ResumableModelCheckpoint
-from vidlstm.training.train import config_fingerprint, resolve_ckpt_path
+from vidlstm.training.train import _resume_seed, config_fingerprint, resolve_ckpt_path
 
 from .conftest import TINY_DEMO
 
@@ -148,6 +149,27 @@ def test_ckpt_path_last_only_matches_runs_of_the_same_config(tmp_path: Path) -> 
     assert resolve_ckpt_path("last", task, task / "now", "abc") == str(task / "same" / "checkpoints" / "last.ckpt")
     with pytest.raises(FileNotFoundError, match=r"same data and model config \(3 found belong to runs with another"):
         resolve_ckpt_path("last", task, task / "now", "xyz")
+
+
+def test_ckpt_path_last_prefers_the_epoch_end_checkpoint_and_restores_the_seed(tmp_path: Path) -> None:
+    task = tmp_path / "outputs" / "demo"
+    torch.save({"vidlstm": {"fingerprint": "abc", "seed": 7}}, _made(task / "run" / "checkpoints" / "last.ckpt"))
+    time.sleep(0.02)
+    torch.save({"vidlstm": {"fingerprint": "abc", "seed": 7}},
+               _made(task / "run" / "checkpoints" / "interrupted.ckpt"))  # newer, but saved mid-epoch
+    resume = resolve_ckpt_path("last", task, task / "now", "abc")
+    assert resume == str(task / "run" / "checkpoints" / "last.ckpt")
+    assert _resume_seed(OmegaConf.create({"seed": None}), resume) == 7, "seed=null adopts the run's seed"
+    assert _resume_seed(OmegaConf.create({"seed": 3}), resume) == 3
+    assert _resume_seed(OmegaConf.create({"seed": None}), None) is None
+    (task / "run" / "checkpoints" / "last.ckpt").unlink()
+    interrupted = task / "run" / "checkpoints" / "interrupted.ckpt"
+    assert resolve_ckpt_path("last", task, task / "now", "abc") == str(interrupted)
+
+
+def _made(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def test_config_fingerprint_ignores_the_run_folder_and_speed_settings(tmp_path: Path) -> None:

@@ -199,15 +199,19 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         self.class_names: list[str] = []
         self.test_is_val = False
         self.left_out: dict[str, dict[str, str]] = {split: {} for split in SPLITS}  # {path: reason} per split
+        self._prepared = False
 
     def prepare_data(self) -> None:
         """Work done once (Lightning calls it on rank 0 only, then holds the other ranks at a barrier): create
         the data, probe every video into the probe cache, and list the unreadable ones in the quarantine
         report."""
+        if self._prepared:  # Lightning calls it again for trainer.test: report each video once
+            return
         if self.preparer is not None:
             self.preparer.prepare()
         if self.probe:
             self._probe(self._index(), report=True)
+        self._prepared = True
 
     def _index(self) -> dict[str, list[VideoRecord]]:
         """Every split's records; a split without its own source is carved out of the training source."""
@@ -222,11 +226,16 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Every rank: index the splits and leave out the videos probing found unreadable (read from the probe
         cache that `prepare_data` filled; nothing is written here)."""
+        trainer = self.trainer
+        if self.probe and self.probe_cache is None and trainer is not None and trainer.world_size > 1:
+            raise ValueError("data.probe_cache=null with several processes: each would probe on its own and could "
+                             "leave out different videos; set data.probe_cache to a path on a shared file system")
         if self.splits:
             return
         splits = self._index()
         if self.probe:
-            self._probe(splits, report=False)
+            if not self._prepared:  # another rank (or no prepare_data): the probe cache rank 0 filled answers
+                self._probe(splits, report=False)
             self.left_out = {split: {r.path: self.quarantined[r.path] for r in records if r.path in self.quarantined}
                              for split, records in splits.items()}
             splits = {split: [r for r in records if r.path not in self.quarantined]

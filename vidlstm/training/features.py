@@ -137,12 +137,19 @@ class FeatureCache:
     def failure_path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.failed.json"
 
-    def extract(self, dataset: VideoClipDataset, keys: Sequence[str], description: str) -> int:
+    def extract(self, dataset: VideoClipDataset, keys: Sequence[str], description: str,
+                device: torch.device | None = None) -> int:
         """Store features (or a failure marker) for every video of ``dataset`` that has neither yet; returns
-        how many videos were extracted."""
+        how many videos were extracted. ``device``: where the encoder runs meanwhile (e.g. the run's GPU; it
+        goes back where it was afterwards); None: where it is."""
         todo = [i for i, key in enumerate(keys) if not (self.path(key).is_file() or self.failure_path(key).is_file())]
         if todo:
-            self._extract(dataset, keys, todo, description)
+            home = next(self.encoder.parameters()).device
+            try:
+                self.encoder.to(device or home)
+                self._extract(dataset, keys, todo, description)
+            finally:
+                self.encoder.to(home)
         return len(todo)
 
     def read(self, dataset: VideoClipDataset, keys: Sequence[str]) -> tuple[list[Path], list[int], list[Failure]]:
@@ -166,8 +173,9 @@ class FeatureCache:
         was_training = self.encoder.training
         self.encoder.eval()
         device = next(self.encoder.parameters()).device
-        # Extraction must not shift the global RNG: the run that follows stays identical to one without it.
-        with torch.random.fork_rng(), progress() as bar:
+        # Extraction must not shift the global RNG: the run that follows stays identical to one without it. Only
+        # the device in use is forked (forking every GPU would open a context on each before DDP starts).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), progress() as bar:
             task = bar.add_task(f"Features: {description}", total=len(todo))
             for indices, clips, failures in loader:
                 for index, failure in failures:
@@ -297,10 +305,11 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
         self.videos.prepare_data()
         self.videos.setup("fit")
         started = time.perf_counter()
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
         for split in SPLITS:
             clips = self._clips(split)
             keys = self.cache.keys(clips)
-            self.extract_count += self.cache.extract(clips, keys, f"{split} ({len(clips)} videos)")
+            self.extract_count += self.cache.extract(clips, keys, f"{split} ({len(clips)} videos)", device)
             failures = self.cache.read(clips, keys)[2]
             for failure in failures:
                 log.warning("Left out of %s features: %s: %s", split, failure.path, failure.reason)
@@ -313,6 +322,7 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Index the videos and read the stored features of the stage's splits (all three for None); never
         extracts. Videos with a failure marker are left out and listed in ``failures``."""
+        self.videos.trainer = self.trainer  # the video module checks its settings against this trainer's ranks
         self.videos.setup(stage)
         for split in STAGE_SPLITS.get(stage or "", SPLITS):
             if split not in self.datasets:

@@ -39,8 +39,8 @@ class VideoClassifier(L.LightningModule):
         config: plain-data run configuration stored in checkpoints so inference can rebuild the model.
         inputs: "clips" (frames through the whole net) or "features" (cached encoder trunk features
             (B, T, D) go through the encoder's projection and the head only; see `vidlstm.training.features`).
-        seed: reseeds torch's generator before every training step from (seed, step, rank), so dropout and other
-            in-step randomness are the same after a resume as in an uninterrupted run; None: no reseeding.
+        seed: reseeds torch's generator before every training batch from (seed, epoch, batch, rank), so dropout
+            and other in-step randomness are the same after a resume as in an uninterrupted run; None: none.
         hparams: hyperparameters given to every logger when fitting starts (parameter counts are added).
         fingerprint: identifies the run's data and model config in its checkpoints (``ckpt_path=last`` resumes
             only a matching run; see `vidlstm.training.train.config_fingerprint`).
@@ -154,7 +154,8 @@ class VideoClassifier(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.seed is not None:
-            torch.manual_seed(derived_seed(self.seed, "step", self.global_step, self.global_rank))
+            # (epoch, batch) rather than global_step: micro-batches of one accumulated step differ too
+            torch.manual_seed(derived_seed(self.seed, "step", self.current_epoch, batch_idx, self.global_rank))
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self._step(batch)
@@ -213,4 +214,4 @@ class VideoClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vidlstm"] = {"class_names": self.class_names, "config": self.config,
-                                 "fingerprint": self.fingerprint}
+                                 "fingerprint": self.fingerprint, "seed": self.seed}

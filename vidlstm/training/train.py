@@ -106,37 +106,62 @@ def config_fingerprint(cfg: DictConfig) -> str:
 RESUMABLE = ("last.ckpt", "interrupted.ckpt")
 
 
-def _stored_fingerprint(path: Path) -> str | None:
+def _stored_meta(path: Path) -> dict[str, Any]:
+    """The vidlstm section of a checkpoint ({} when it has none or cannot be read)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # caught mid-write, damaged: never resumed from
-        return None
+        return {}
     meta = checkpoint.get("vidlstm") if isinstance(checkpoint, dict) else None
-    return meta.get("fingerprint") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def resolve_ckpt_path(value: str | None, task_dir: Path, current_run: Path, fingerprint: str | None = None
                       ) -> str | None:
-    """``last``: the newest last.ckpt / interrupted.ckpt of an earlier run of this task (``task_dir`` =
-    ``<log_dir>/<task_name>``) whose data and model config match ``fingerprint`` (see `config_fingerprint`);
-    a path is checked to exist; None stays None."""
+    """``last``: the checkpoint to resume of the newest earlier run of this task (``task_dir`` =
+    ``<log_dir>/<task_name>``) whose data and model config match ``fingerprint`` (see `config_fingerprint`):
+    its last.ckpt (saved at an epoch's end, so the resumed run replays exactly what an uninterrupted one does),
+    or its interrupted.ckpt when it has no last.ckpt. A path is checked to exist; None stays None."""
     if value is None:
         return None
     if value != "last":
         if not Path(value).is_file():
             raise FileNotFoundError(f"{value}: checkpoint to resume from not found")
         return value
-    candidates = sorted((p for name in RESUMABLE for p in task_dir.glob(f"**/checkpoints/{name}")
-                         if current_run not in p.parents), key=lambda p: p.stat().st_mtime, reverse=True)
+    runs: dict[Path, dict[str, Path]] = {}
+    for name in RESUMABLE:
+        for path in task_dir.glob(f"**/checkpoints/{name}"):
+            if current_run not in path.parents:
+                runs.setdefault(path.parent.parent, {})[name] = path
+    newest_first = sorted(runs.values(), key=lambda files: max(p.stat().st_mtime for p in files.values()),
+                          reverse=True)
     others = 0
-    for candidate in candidates:
-        if fingerprint is None or _stored_fingerprint(candidate) == fingerprint:
+    for files in newest_first:
+        candidate = files.get("last.ckpt") or files["interrupted.ckpt"]
+        if fingerprint is None or _stored_meta(candidate).get("fingerprint") == fingerprint:
+            if candidate.name == "interrupted.ckpt":
+                log.warning("Resuming from %s, saved mid-epoch: that epoch restarts from its first batch, so the "
+                            "run will not be identical to an uninterrupted one", candidate)
             log.info("Resuming from %s (run folder %s)", candidate, candidate.parent.parent)
             return str(candidate)
         others += 1
     detail = f" ({others} found belong to runs with another data/model config)" if others else ""
     raise FileNotFoundError(f"{task_dir}: ckpt_path=last found no {' or '.join(RESUMABLE)} of an earlier run of "
                             f"this task with the same data and model config{detail}")
+
+
+def _resume_seed(cfg: DictConfig, resume: str | None) -> int | None:
+    """The seed a resumed run must use: the interrupted run's (also when ``seed: null`` would draw a new one);
+    a different configured seed is used but warned about, since the continuation then differs."""
+    stored = _stored_meta(Path(resume)).get("seed") if resume else None
+    configured = cfg.get("seed")
+    if stored is None:
+        return configured
+    if configured is not None and configured != stored:
+        log.warning("Resuming a run trained with seed=%s using seed=%s: the rest of the run will differ from an "
+                    "uninterrupted one", stored, configured)
+        return configured
+    return stored
 
 
 def feature_datamodule(videos: VideoDataModule, module: VideoClassifier, encoder: FrameEncoder,
@@ -167,10 +192,10 @@ def check_recipe(cfg: DictConfig) -> None:
                          "defaults")
 
 
-def _run_seed(cfg: DictConfig) -> int:
-    """The configured seed, or (``seed: null``) a random one, recorded in the summary so the run can be
-    repeated. Lightning exports it to the processes it starts, so DDP ranks agree."""
-    return L.seed_everything(cfg.get("seed"), workers=True, verbose=False)
+def _run_seed(seed: int | None) -> int:
+    """``seed``, or (None) a random one, recorded in the summary and checkpoints so the run can be repeated or
+    resumed. Lightning exports it to the processes it starts, so DDP ranks agree."""
+    return L.seed_everything(seed, workers=True, verbose=False)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -181,8 +206,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ``setup`` (every rank), and the network is built in the module's ``setup``."""
     started = time.perf_counter()
     check_recipe(cfg)
-    seed = _run_seed(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
+    resume = None
+    if cfg.get("train", True):
+        resume = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir).resolve() / cfg.task_name,
+                                   output_dir, config_fingerprint(cfg))
+    seed = _run_seed(_resume_seed(cfg, resume))
     output_dir.mkdir(parents=True, exist_ok=True)
 
     videos: VideoDataModule = instantiate(cfg.data, seed=seed)
@@ -201,8 +230,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     summary: dict[str, Any] = {}
     if cfg.get("train", True):
         fit_started = time.perf_counter()
-        resume = resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.log_dir).resolve() / cfg.task_name,
-                                   output_dir, module.fingerprint)
         if resume:
             summary["resumed_from"] = str(Path(resume).resolve())
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
