@@ -1,19 +1,50 @@
-"""The PyAV backend (`PyAVReader`)."""
+"""The PyAV backend (`PyAVReader`): seeks to the keyframe at or before each wanted run of frames and decodes
+forward, telling frames apart by presentation timestamp; and the display-rotation checks PyAV needs."""
 
 from __future__ import annotations
 
+import math
 import os
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
 
+from vidlstm.data.video import timeline as tl
 from vidlstm.data.video.base import VideoReader, _from_hwc
 from vidlstm.data.video.errors import VideoDecodeError
 from vidlstm.data.video.facts import StreamFacts
 
+if TYPE_CHECKING:
+    from av import VideoFrame
+    from av.video.stream import VideoStream
+
+_STEP_BACKS = 2  # seeks to an earlier keyframe after landing past the wanted frame, before starting from frame 0
+
+
+def _intra(frame: VideoFrame) -> bool:
+    """Whether ``frame`` is an I picture (PyAV gives the picture type as an int or an enum item)."""
+    kind = frame.pict_type
+    try:
+        return int(kind) == 1  # AV_PICTURE_TYPE_I
+    except (TypeError, ValueError):
+        return str(getattr(kind, "name", kind)) == "I"
+
+
+class _Mismatch(Exception):
+    """The timeline in use does not describe what the decoder delivers; the read is redone with a better one."""
+
 
 class PyAVReader(VideoReader):
-    """PyAV (FFmpeg): decodes sequentially from the start; robust, slower for sparse access in long files."""
+    """PyAV (FFmpeg): exact by pts on constant and variable frame rate; seeks to the keyframe at or before each
+    wanted run of frames and decodes forward (a run far from the previous one gets its own seek).
+
+    Frame ``i`` is the frame whose pts is the ``i``-th in display order (`timeline.Timeline`). When the packets
+    do not describe the decoded frames (hidden frames the demuxer shows, undecodable packets), the timeline is
+    rebuilt from one full decode; when frames carry no usable timestamps, frames are counted from the start.
+    """
 
     backend = "pyav"
 
@@ -22,10 +53,22 @@ class PyAVReader(VideoReader):
         import av
 
         self._container = av.open(self.path)
-        self._stream = self._container.streams[self.facts.stream_index]
-        self._stream.thread_type = "AUTO"
+        try:
+            self._stream = self._container.streams[self.facts.stream_index]
+            self._stream.thread_type = "AUTO"
+            check_declared_rotation(self.path, self._container.format.name, self._stream, self.facts.rotation)
+        except BaseException:
+            self._container.close()
+            raise
         rate = self._stream.average_rate or self._stream.guessed_rate
         self._fps = float(rate) if rate else 0.0
+        self.decoded_frames = 0  # frames taken out of the decoder by this reader (what seeking saves)
+        self.seeks = 0  # seeks made by this reader
+        self._key = tl.cache_key(self.path, self.facts.stream_index)
+        self._timeline: tl.Timeline | str | None = None  # None: not read yet; str: why frames are counted instead
+        self._frames: Iterator[VideoFrame] | None = None  # decoder output since the last seek
+        self._last_pts: int | None = None  # pts of the last frame taken from `_frames` (None: none since the seek)
+        self._sought = 0  # keyframe index of the last seek
 
     @property
     def fps(self) -> float:
@@ -35,18 +78,230 @@ class PyAVReader(VideoReader):
     def coded_size(self) -> tuple[int, int]:
         return int(self._stream.codec_context.height), int(self._stream.codec_context.width)
 
+    @property
+    def timeline(self) -> tl.Timeline | None:
+        """The frame table seeking uses (read on first use), or None where frames are counted from the start."""
+        if self._timeline is None:
+            found = tl.cached(self._key)
+            if found is None:
+                found = tl.remember(self._key, tl.packet_timeline(self._container, self._stream))
+                self._frames = None  # demuxing moved the container
+            if isinstance(found, tl.Timeline) and found.source == "packets" and len(found) != self.num_frames:
+                found = self._rebuild(f"{len(found)} packets show a frame where {self.num_frames} are expected")
+            self._timeline = found
+        return self._timeline if isinstance(self._timeline, tl.Timeline) else None
+
+    def _rebuild(self, why: str) -> tl.Timeline | str:
+        """Replace a packet timeline that proved wrong by one read from a full decode (cached for the file)."""
+        self._frames = None
+        found = tl.decoded_timeline(self._container, self._stream)
+        self._timeline = tl.remember(self._key, found if isinstance(found, tl.Timeline) else f"{why}; {found}")
+        return self._timeline
+
     def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        try:
+            while (timeline := self.timeline) is not None:
+                try:
+                    return _from_hwc(np.stack(self._decode_by_pts(indices, timeline)))
+                except _Mismatch as err:
+                    if timeline.source == "packets":
+                        self._rebuild(str(err))
+                    else:
+                        self._timeline = tl.remember(self._key, str(err))
+            return _from_hwc(np.stack(self._decode_counting(indices)))
+        except BaseException:
+            self._frames = None  # interrupted mid-decode (error or timeout): the next read starts with a seek
+            raise
+
+    def _seek(self, key: int, timeline: tl.Timeline) -> None:
+        self._container.seek(int(timeline.pts[key]), stream=self._stream, backward=True, any_frame=False)
+        self._frames, self._last_pts, self._sought = self._container.decode(self._stream), None, key
+        self.seeks += 1
+
+    def _decode_by_pts(self, indices: list[int], timeline: tl.Timeline) -> list[np.ndarray]:
+        """Frames at ``indices`` (sorted, unique), found by pts: each wanted frame is reached by decoding forward
+        from where the decoder is, unless the keyframe before it lies beyond that point (then seek there)."""
+        if indices[-1] >= len(timeline):
+            raise VideoDecodeError(self.path, f"only {len(timeline)} frames decode; frame {indices[-1]} was "
+                                              f"requested (the header promised {self.num_frames})")
+        out = []
+        for index in indices:
+            target = int(timeline.pts[index])
+            key = timeline.keyframe_before(index)
+            last = None if self._last_pts is None else timeline.index_of(self._last_pts)
+            # Decode on from the last frame when the keyframe before the wanted one is not beyond it.
+            if self._frames is None or (last is None and self._sought > index) or (
+                    last is not None and (last >= index or key > last + 1)):
+                self._seek(key, timeline)
+            out.append(self._decode_until(index, target, timeline))
+        return out
+
+    def _decode_until(self, index: int, target: int, timeline: tl.Timeline) -> np.ndarray:
+        """Take frames from the decoder up to the one with pts ``target`` and return it as RGB."""
+        step_backs = 0
+        while True:
+            frame = next(self._frames, None)  # type: ignore[arg-type]
+            if frame is None:
+                raise _Mismatch(f"the stream ended before frame {index} (pts {target})")
+            self.decoded_frames += 1
+            pts = frame.pts
+            if pts is None:
+                raise _Mismatch("decoded frames carry no timestamp")
+            if self._last_pts is None:  # first frames after a seek
+                if pts < int(timeline.pts[self._sought]) or frame.is_corrupt:
+                    continue  # leading frames of an open GOP: their references precede the keyframe
+                if not (frame.key_frame or _intra(frame)):
+                    raise _Mismatch(f"a seek to frame {self._sought} started on a frame that is not a keyframe")
+                if pts > target:  # the demuxer landed past the wanted frame: start from an earlier keyframe
+                    if self._sought == 0:
+                        raise _Mismatch(f"decoding from the start begins after frame {index}")
+                    step_backs += 1
+                    key = timeline.keyframe_before(self._sought - 1) if step_backs <= _STEP_BACKS else 0
+                    self._seek(key, timeline)
+                    continue
+            elif pts <= self._last_pts:
+                raise _Mismatch("decoded frames come out of timestamp order")
+            self._last_pts = pts
+            if pts == target:
+                return frame.to_ndarray(format="rgb24")
+            if pts > target or timeline.index_of(pts) is None:
+                raise _Mismatch(f"frame {index} (pts {target}) is not among the decoded frames (got pts {pts})")
+
+    def _decode_counting(self, indices: list[int]) -> list[np.ndarray]:
+        """Frames at ``indices`` by counting decoded frames from the start (for streams without usable pts)."""
         wanted, last, out, position = set(indices), indices[-1], [], -1
         self._container.seek(0, stream=self._stream)
+        self.seeks += 1
         for position, frame in enumerate(self._container.decode(self._stream)):
+            self.decoded_frames += 1
             if position in wanted:
                 out.append(frame.to_ndarray(format="rgb24"))
             if position >= last:
                 break
+        self._frames = None
         if len(out) != len(indices):
             raise VideoDecodeError(self.path, f"stream ended after {position + 1} decoded frames; "
                                               f"frame {last} was requested (the header promised {self.num_frames})")
-        return _from_hwc(np.stack(out))
+        return out
 
     def close(self) -> None:
+        self._frames = None
         self._container.close()
+
+
+# ---- display rotation -------------------------------------------------------------------------------------------
+
+def frame_rotation(frame: VideoFrame, path: str | os.PathLike) -> int | None:
+    """Degrees counter-clockwise that ``frame`` must turn to stand upright, from `VideoFrame.rotation` where this
+    PyAV has it (13+), else from the frame's display-matrix side data; None when this PyAV exposes neither.
+    Raises `VideoDecodeError` for a turn that is not a multiple of 90 degrees."""
+    angle = float(frame.rotation or 0) if hasattr(frame, "rotation") else _side_data_rotation(frame)
+    return None if angle is None else _quarter_turn(angle, path, "the frame's display matrix")
+
+
+def _side_data_rotation(frame: VideoFrame) -> float | None:
+    side_data = getattr(frame, "side_data", None)
+    if side_data is None:
+        return None
+    for entry in side_data:
+        if "DISPLAYMATRIX" in str(getattr(entry, "type", "")).upper():
+            raw = bytes(entry)
+            if len(raw) < 36:
+                return None
+            a, b, _, c, d = np.frombuffer(raw[:20], dtype=np.int32).tolist()  # native order, 16.16 fixed point
+            return _matrix_angle(a, b, c, d)
+    return 0.0  # side data readable and no display matrix: shown as decoded
+
+
+def _matrix_angle(a: int, b: int, c: int, d: int) -> float | None:
+    """Counter-clockwise turn of a display matrix's 2x2 part, read as FFmpeg's av_display_rotation_get does."""
+    scale_0, scale_1 = math.hypot(a, c), math.hypot(b, d)
+    if not scale_0 or not scale_1:
+        return None
+    return -math.degrees(math.atan2(b / scale_1, a / scale_0))
+
+
+def _quarter_turn(angle: float, path: str | os.PathLike, where: str) -> int:
+    turned = round(angle) % 360
+    if turned % 90:
+        raise VideoDecodeError(path, f"{where} turns the picture by {angle:g} degrees; only quarter turns are "
+                                     "supported")
+    return turned
+
+
+def declared_rotation(path: str | os.PathLike, format_name: str, stream: VideoStream) -> int | None:
+    """The display rotation the container itself declares for ``stream`` (degrees counter-clockwise): an
+    MP4/MOV-family track header matrix, read from the file, or an older FFmpeg's ``rotate`` tag; None when
+    neither is there."""
+    if "mp4" in format_name or "mov" in format_name:
+        try:
+            with open(path, "rb") as f:
+                matrices = _mp4_track_matrices(f, os.fstat(f.fileno()).st_size)
+        except OSError:
+            matrices = []
+        matrix = matrices[stream.index] if stream.index < len(matrices) else None
+        angle = None if matrix is None else _matrix_angle(*matrix)
+        if angle is not None:
+            return _quarter_turn(angle, path, "the MP4 track header matrix")
+    tag = stream.metadata.get("rotate")
+    try:
+        return None if tag is None else _quarter_turn(-float(tag), path, "the stream's rotate tag")  # clockwise
+    except ValueError:
+        return None
+
+
+def check_declared_rotation(path: str, format_name: str, stream: VideoStream, reported: int) -> None:
+    """Refuse a file whose container declares a display rotation other than ``reported`` (what PyAV's frames
+    said, see `frame_rotation`): a PyAV or FFmpeg too old to pass the rotation on would otherwise give sideways
+    frames silently."""
+    declared = declared_rotation(path, format_name, stream)
+    if declared is not None and declared != reported:
+        import av
+
+        raise VideoDecodeError(path, f"the file declares a {declared} degree display rotation but PyAV "
+                                     f"{av.__version__} reports {reported}: frames would come out turned wrong "
+                                     "(PyAV 13+ with FFmpeg 7+ reads it)")
+
+
+def _mp4_boxes(f: BinaryIO, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the ISO-BMFF boxes between ``start`` and ``end``."""
+    at = start
+    while at + 8 <= end:
+        f.seek(at)
+        header = f.read(16)
+        if len(header) < 8:
+            return
+        size, kind = struct.unpack(">I4s", header[:8])
+        payload = at + 8
+        if size == 1 and len(header) == 16:
+            size, payload = struct.unpack(">Q", header[8:])[0], at + 16
+        elif size == 0:
+            size = end - at
+        if size < payload - at or at + size > end:
+            return
+        yield kind, payload, at + size
+        at += size
+
+
+def _mp4_track_matrices(f: BinaryIO, file_size: int) -> list[tuple[int, int, int, int] | None]:
+    """The (a, b, c, d) of each track header matrix in track order (FFmpeg's stream order), None for a track
+    without a readable header; empty when there is no moov box."""
+    moov = next(((s, e) for kind, s, e in _mp4_boxes(f, 0, file_size) if kind == b"moov"), None)
+    if moov is None:
+        return []
+    tracks: list[tuple[int, int, int, int] | None] = []
+    for kind, start, end in _mp4_boxes(f, *moov):
+        if kind != b"trak":
+            continue
+        matrix = None
+        for child, child_start, child_end in _mp4_boxes(f, start, end):
+            if child == b"tkhd":
+                f.seek(child_start)
+                body = f.read(min(child_end - child_start, 96))
+                at = 4 + (32 if body[:1] == b"\x01" else 20) + 16  # version+flags, times+ids, layer..volume
+                if len(body) >= at + 20:
+                    a, b, _, c, d = struct.unpack(">5i", body[at: at + 20])
+                    matrix = (a, b, c, d)
+                break
+        tracks.append(matrix)
+    return tracks

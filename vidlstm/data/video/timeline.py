@@ -1,0 +1,175 @@
+"""Where each frame of a video stream sits: its presentation timestamp (pts) and the keyframes a decoder can start
+from, so the PyAV and OpenCV readers seek to the keyframe at or before a wanted frame instead of decoding from
+frame 0. Read by demuxing packets (no decoding), cached per file in each process.
+
+Frame ``i`` is the ``i``-th distinct packet pts in display order. Packets that show no picture are left out:
+FFmpeg's discard-flagged packets (edit lists) and VP8/VP9 hidden (alt-ref) frames. Where that still disagrees
+with what the decoder delivers, `decoded_timeline` builds the same table from one full decode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """``pts[i]``: presentation timestamp of frame ``i`` (strictly increasing); ``keys``: sorted indices of the
+    frames a decoder can start from; ``source``: "packets" (demuxed) or "decoded" (one full decode)."""
+
+    pts: np.ndarray
+    keys: np.ndarray
+    time_base: Fraction
+    start_time: int
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def keyframe_before(self, index: int) -> int:
+        """Index of the last keyframe at or before frame ``index``; 0 (the stream's start) when there is none."""
+        at = int(np.searchsorted(self.keys, index, side="right")) - 1
+        return int(self.keys[at]) if at >= 0 else 0
+
+    def index_of(self, pts: int) -> int | None:
+        """The frame whose timestamp is ``pts``, or None when no frame has it."""
+        at = int(np.searchsorted(self.pts, pts))
+        return at if at < len(self.pts) and int(self.pts[at]) == pts else None
+
+    def constant_rate(self, fps: float) -> bool:
+        """Whether frame ``i`` lies at ``i / fps`` after frame 0 (to the nearest frame), i.e. a frame number
+        computed from a timestamp at this rate is exact."""
+        if fps <= 0 or len(self.pts) < 2:
+            return fps > 0
+        seconds = (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
+        return bool(np.array_equal(np.rint(seconds * fps).astype(np.int64), np.arange(len(self.pts))))
+
+
+def _timeline(pts: list[int], keys: list[int], time_base: Fraction, start_time: int, source: str
+              ) -> Timeline | str:
+    """A `Timeline` from unordered frame timestamps and keyframe timestamps, or why they cannot make one."""
+    if not pts:
+        return "the stream has no frames with timestamps"
+    order = np.sort(np.asarray(pts, np.int64))
+    if len(order) > 1 and not (np.diff(order) > 0).all():
+        return "several frames share one timestamp"
+    key_pts = np.asarray(sorted(set(keys)), np.int64)
+    key_index = np.searchsorted(order, key_pts)
+    return Timeline(order, key_index.astype(np.int64), time_base, start_time, source)
+
+
+def shows_frame(codec: str, data: memoryview) -> bool:
+    """Whether a packet of ``codec`` puts a picture on screen. VP8 and VP9 may carry hidden (alt-ref) frames in
+    packets of their own, which decode to nothing; other codecs show one frame per packet."""
+    if not len(data):
+        return False
+    if codec == "vp8":
+        return bool(data[0] >> 4 & 1)  # frame tag: bit 4 is show_frame (RFC 6386, 9.1)
+    if codec == "vp9":
+        return any(_vp9_frame_shows(frame) for frame in _vp9_frames(data))
+    return True
+
+
+def _vp9_frames(data: memoryview) -> list[memoryview]:
+    """The frames of a VP9 packet: one, or several bundled in a superframe (VP9 bitstream spec, annex B)."""
+    marker = data[-1]
+    if marker & 0xE0 == 0xC0:
+        count, size_bytes = (marker & 7) + 1, (marker >> 3 & 3) + 1
+        index_size = 2 + size_bytes * count
+        if len(data) >= index_size and data[-index_size] == marker:
+            frames, offset, at = [], 0, len(data) - index_size + 1
+            for _ in range(count):
+                size = int.from_bytes(bytes(data[at: at + size_bytes]), "little")
+                frames.append(data[offset: offset + size])
+                offset, at = offset + size, at + size_bytes
+            return frames
+    return [data]
+
+
+def _vp9_frame_shows(frame: memoryview) -> bool:
+    """Read show_existing_frame / show_frame from a VP9 uncompressed header (all within its first byte)."""
+    if not len(frame):
+        return False
+    bits = frame[0]
+    profile = (bits >> 5 & 1) | (bits >> 4 & 1) << 1  # after the 2-bit frame marker: profile low, high bit
+    position = 5 if profile == 3 else 4  # bit offset (from the top) of show_existing_frame; profile 3 adds one
+    if bits >> (7 - position) & 1:
+        return True  # show_existing_frame: shows a frame decoded earlier
+    return bool(bits >> (7 - position - 2) & 1)  # skip frame_type, read show_frame
+
+
+def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
+    """Demux ``stream`` once (no decoding) and tabulate its frames, or say why its packets cannot be trusted.
+    Leaves the container positioned at its end: seek before decoding."""
+    codec = stream.codec_context.name
+    check_shown = codec in ("vp8", "vp9")
+    pts: list[int] = []
+    keys: list[int] = []
+    container.seek(0, stream=stream)
+    for packet in container.demux(stream):
+        if not packet.size or packet.is_discard:
+            continue
+        if packet.pts is None:
+            return "some packets carry no timestamp"
+        if check_shown and not shows_frame(codec, memoryview(packet)):
+            continue
+        pts.append(int(packet.pts))
+        if packet.is_keyframe:
+            keys.append(int(packet.pts))
+    return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "packets")
+
+
+def decoded_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
+    """Decode ``stream`` once from the start and tabulate the frames the decoder really delivers (their pts, and
+    which are keyframes), or say why they cannot be told apart by timestamp."""
+    pts: list[int] = []
+    keys: list[int] = []
+    container.seek(0, stream=stream)
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            return "decoded frames carry no timestamp"
+        if pts and frame.pts <= pts[-1]:
+            return "decoded frames come out of timestamp order"
+        pts.append(int(frame.pts))
+        if frame.key_frame:
+            keys.append(int(frame.pts))
+    return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "decoded")
+
+
+_CACHE: OrderedDict[tuple, Timeline | str] = OrderedDict()
+_CACHE_FRAMES = 4_000_000  # timestamps kept per process (~64 MB at most); least recently used files go first
+
+
+def cache_key(path: str | os.PathLike, stream_index: int) -> tuple:
+    """Identifies one stream of one version of a file (a rewritten file gets a new key)."""
+    stat = os.stat(path)
+    return (os.fspath(path), stat.st_size, stat.st_mtime_ns, stream_index)
+
+
+def cached(key: tuple) -> Timeline | str | None:
+    """The timeline (or the reason there is none) recorded for ``key``, or None when not yet known."""
+    found = _CACHE.get(key)
+    if found is not None:
+        _CACHE.move_to_end(key)
+    return found
+
+
+def remember(key: tuple, timeline: Timeline | str) -> Timeline | str:
+    """Record ``timeline`` for ``key`` (replacing an earlier entry), evicting the least recently used files."""
+    _CACHE.pop(key, None)
+    _CACHE[key] = timeline
+    total = sum(len(t) for t in _CACHE.values() if isinstance(t, Timeline))
+    while total > _CACHE_FRAMES and len(_CACHE) > 1:
+        _, dropped = _CACHE.popitem(last=False)
+        total -= len(dropped) if isinstance(dropped, Timeline) else 0
+    return timeline
