@@ -8,12 +8,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from vidlstm.data.index import VideoRecord
-from vidlstm.data.video import VideoDecodeError, probe
+from vidlstm.data.video import DEFAULT_TIMEOUT_S, VideoDecodeError, probe
+from vidlstm.data.video.deadlines import abandoned_threads
+from vidlstm.utils.pool import Lost, imap_killable
 from vidlstm.utils.progress import progress
 
 CACHE_VERSION = 1
@@ -68,19 +69,23 @@ class ProbeCache:
 
 
 def probe_records(records: list[VideoRecord], cache_path: str | os.PathLike | None = None,
-                  workers: int = 2) -> tuple[list[VideoRecord], dict[str, str]]:
-    """Split ``records`` into readable ones and {path: reason} for the rest, probing only uncached files."""
+                  workers: int = 2, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                  ) -> tuple[list[VideoRecord], dict[str, str]]:
+    """Split ``records`` into readable ones and {path: reason} for the rest, probing only uncached files.
+
+    With ``workers`` > 0 each file is probed in a worker process that is killed and replaced once it spends
+    ``timeout_s`` on one file (None: no limit), so no file can stall start-up: it is reported unreadable."""
     cache = ProbeCache(cache_path)
     paths = sorted({r.path for r in records})
     todo = [p for p in paths if cache.get(p) is None]
     if todo:
         with progress() as bar:
             task = bar.add_task(f"Probing {len(todo)} videos", total=len(todo))
-            if workers > 0 and len(todo) > 1:
-                with ProcessPoolExecutor(max_workers=workers) as pool:
-                    for path, result in zip(todo, pool.map(probe_file, todo, chunksize=8), strict=True):
-                        cache.put(path, result)
-                        bar.advance(task)
+            if workers > 0:
+                results = imap_killable(probe_file, todo, workers, timeout_s, retire_if=abandoned_threads)
+                for path, result in zip(todo, results, strict=True):
+                    cache.put(path, {"error": f"probing {result.reason}"} if isinstance(result, Lost) else result)
+                    bar.advance(task)
             else:
                 for path in todo:
                     cache.put(path, probe_file(path))

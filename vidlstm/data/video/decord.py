@@ -7,7 +7,8 @@ import os
 import torch
 
 from vidlstm.data.video.base import VideoReader, _from_hwc
-from vidlstm.data.video.errors import VideoDecodeError
+from vidlstm.data.video.deadlines import _limited, _stuck_before
+from vidlstm.data.video.errors import VideoDecodeError, _one_line
 from vidlstm.data.video.facts import StreamFacts
 
 
@@ -43,10 +44,23 @@ class DecordReader(VideoReader):
 
     @property
     def coded_size(self) -> tuple[int, int]:
+        """decord tells the size only by decoding frame 0: a native call, under the same deadline as clips."""
         if self._size is None:
-            self._size = tuple(self._vr[0].shape[:2])
-            self._vr.seek(0)
+            if _stuck_before(self.path, self.backend):
+                raise VideoDecodeError(self.path, "decord is still stuck in an earlier call on this file")
+            try:
+                self._size = _limited(type(self), self._first_frame_size, self.timeout_s, self.path,
+                                      "decoding frame 0 with decord")
+            except VideoDecodeError:
+                raise
+            except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors
+                raise VideoDecodeError(self.path, f"decord failed to decode frame 0: {_one_line(err)}") from err
         return self._size
+
+    def _first_frame_size(self) -> tuple[int, int]:
+        height, width = self._vr[0].shape[:2]
+        self._vr.seek(0)
+        return int(height), int(width)
 
     def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
         if indices[-1] >= len(self._vr):
