@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import torch
 
 from vidlstm.data.video.base import VideoReader
+from vidlstm.data.video.errors import VideoDecodeError
 from vidlstm.data.video.facts import StreamFacts
+
+ROTATION_SINCE = "0.11"  # the first torchcodec release that reads display matrices and turns frames upright
+
+
+@functools.cache
+def _no_rotation_reason() -> str | None:
+    """Why the installed torchcodec cannot be trusted with rotated files, or None when it applies rotation.
+
+    Checked by feature, not version number: releases that apply rotation report it as
+    ``VideoStreamMetadata.rotation`` (both arrived together in 0.11)."""
+    try:
+        import torchcodec
+        from torchcodec.decoders import VideoStreamMetadata
+    except Exception as err:  # ImportError, or RuntimeError/OSError when FFmpeg's libraries are missing
+        return f"torchcodec cannot load ({type(err).__name__})"
+    if "rotation" not in {field.name for field in dataclasses.fields(VideoStreamMetadata)}:
+        version = getattr(torchcodec, "__version__", "?")
+        return (f"torchcodec {version} ignores rotation metadata (needs >= {ROTATION_SINCE}); "
+                "its frames would come out sideways")
+    return None
 
 
 class TorchCodecReader(VideoReader):
-    """torchcodec (optional extra; needs FFmpeg shared libraries): exact seeking, applies rotation itself."""
+    """torchcodec (optional extra; needs FFmpeg shared libraries): exact seeking, applies rotation itself
+    (releases that cannot refuse rotated files, so `auto` moves on to a backend that can)."""
 
     backend = "torchcodec"
     applies_rotation = True
     native = True
     UNRELIABLE_CODECS = frozenset({"mpeg4"})  # MPEG-4 Part 2 with B-frames: runs out of frames in exact mode
+
+    @classmethod
+    def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
+        if facts.rotation:
+            reason = _no_rotation_reason()
+            if reason:
+                return reason
+        return super().unsuitable_reason(facts)
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
         super().__init__(path, facts)
@@ -24,6 +56,15 @@ class TorchCodecReader(VideoReader):
 
         self._decoder = VideoDecoder(self.path, stream_index=self.facts.stream_index, seek_mode="exact")
         self._meta = self._decoder.metadata
+        turns = round(getattr(self._meta, "rotation", None) or 0) % 360
+        if turns != self.facts.rotation:
+            raise VideoDecodeError(self.path, f"torchcodec would turn frames by {turns} degrees where the file asks "
+                                              f"for {self.facts.rotation}")
+        self._display_size = (int(self._meta.height), int(self._meta.width))
+        if self.facts.rotation:
+            # Frame 0's shape settles the display size whatever a torchcodec release reports as height/width
+            # (rotated files only; opening runs under the caller's deadline).
+            self._display_size = tuple(self._decoder.get_frames_at([0]).data.shape[-2:])
 
     @property
     def fps(self) -> float:
@@ -31,7 +72,7 @@ class TorchCodecReader(VideoReader):
 
     @property
     def coded_size(self) -> tuple[int, int]:
-        h, w = int(self._meta.height), int(self._meta.width)
+        h, w = self._display_size
         return (w, h) if self.facts.rotation in (90, 270) else (h, w)
 
     def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
