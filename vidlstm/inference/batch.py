@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vidlstm.data.index import _read_lines, _resolve
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
 from vidlstm.utils.progress import progress
@@ -30,7 +32,7 @@ LIST_SUFFIXES = (".txt", ".csv", ".lst")
 
 def gather_inputs(source: str | os.PathLike) -> list[str]:
     """Video paths from a file, a folder (recursive, common video extensions, symlinks followed, each real
-    folder visited once so link cycles end), or a list file (first column of each line; `#` comments)."""
+    folder visited once so link cycles end), or a list file (.txt/.lst/.csv, see `_list_file_paths`)."""
     source = Path(source)
     if source.is_dir():
         found, seen = [], set()
@@ -51,15 +53,37 @@ def gather_inputs(source: str | os.PathLike) -> list[str]:
 
 
 def _list_file_paths(list_file: Path) -> list[str]:
-    paths = []
-    with open(list_file, newline="") as handle:
-        rows = csv.reader(handle) if list_file.suffix.lower() == ".csv" else (line.split() for line in handle)
-        for row in rows:
-            if not row or row[0].startswith("#") or row[0] == "path":
-                continue
-            path = Path(row[0])
-            paths.append(str(path if path.is_absolute() else list_file.parent / path))
-    return paths
+    """Paths of a list file, read as training reads list files (`vidlstm.data.index.ListFileSource`), labels
+    optional: CSV with a ``path`` column (fields quoted as CSV quotes them; other columns ignored; without that
+    header, the first column), or text lines ``<path>`` / ``<path> <label>`` (`#` comments, blank lines
+    skipped). Relative paths resolve against the list file's folder."""
+    root = list_file.parent
+    if list_file.suffix.lower() == ".csv":
+        with open(list_file, newline="") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+        header = [cell.strip() for cell in rows[0]] if rows else []
+        column = header.index("path") if "path" in header else 0
+        if "path" in header:
+            rows = rows[1:]
+        return [_resolve(root, row[column]) for row in rows if len(row) > column and row[column].strip()]
+    return [_resolve(root, _line_path(root, line)) for _, line in _read_lines(list_file, "video list")]
+
+
+def _line_path(root: Path, line: str) -> str:
+    """The path on one text line: the whole line when it names a file or ends in a video extension (spaces
+    allowed), a quoted first field (``"my clip.mp4" label``), else all but a last field that is a label, as in
+    training lists."""
+    if line[0] in "\"'":
+        try:
+            fields = shlex.split(line)
+        except ValueError:  # an unbalanced quote: not quoting after all
+            fields = []
+        if 1 <= len(fields) <= 2:
+            return fields[0]
+    if line.lower().endswith(VIDEO_EXTENSIONS) or os.path.isfile(_resolve(root, line)):
+        return line
+    parts = line.rsplit(maxsplit=1)
+    return parts[0] if len(parts) == 2 else line
 
 
 @dataclass
