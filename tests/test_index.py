@@ -283,3 +283,17 @@ def test_group_pattern_keeps_a_persons_clips_in_one_split(tmp_path: Path) -> Non
         ["person07", None]
     with pytest.raises(ValueError, match="not a valid regular expression"):
         ClassFolderSource(tmp_path, group_pattern="person(")
+
+
+def test_training_list_lines_with_quoted_paths_and_spaces(tmp_path: Path) -> None:
+    from vidlstm.data.index import ListFileSource, split_list_line
+
+    assert split_list_line('"my clip.mp4" jump') == ("my clip.mp4", "jump")
+    assert split_list_line("my clip.mp4 jump") == ("my clip.mp4", "jump")
+    assert split_list_line("'only path.mp4'") == ("only path.mp4", None)
+    assert split_list_line('"unbalanced.mp4 jump') == ('"unbalanced.mp4', "jump")
+    lists = tmp_path / "train.txt"
+    lists.write_text('"a b/my clip.mp4" jump\nsub dir/other clip.avi run\n')
+    records = ListFileSource(lists).records()
+    assert [(Path(r.path).relative_to(tmp_path).as_posix(), r.label) for r in records] == [
+        ("a b/my clip.mp4", "jump"), ("sub dir/other clip.avi", "run")]

@@ -257,7 +257,8 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
     def _probe(self, splits: dict[str, list[VideoRecord]], report: bool) -> None:
         """Fill ``quarantined`` ({path: reason}); with ``report``, log and list them in the quarantine report."""
         everything = [r for split in SPLITS for r in splits[split]]
-        _, self.quarantined = probe_records(everything, self.probe_cache, self.probe_workers)
+        _, self.quarantined = probe_records(everything, self.probe_cache, self.probe_workers,
+                                            timeout_s=self.decode_timeout_s)
         if report and self.quarantined:
             log.warning("%d unreadable videos left out of the index%s", len(self.quarantined),
                         f"; list in {self.quarantine_report}" if self.quarantine_report else "")

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import os
 import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,21 @@ def carve_splits(records: Iterable[VideoRecord], val_fraction: float, test_fract
     return splits
 
 
+def split_list_line(line: str) -> tuple[str, str | None]:
+    """(path, label) of one text list line: ``"my clip.mp4" label`` (the path quoted as a shell quotes it) or
+    ``<path> <label>``, the label being the last field (so the path may contain spaces); the label is None
+    when the line holds a path alone. Training and prediction lists are read with this one rule."""
+    if line[0] in "\"'":
+        try:
+            fields = shlex.split(line)
+        except ValueError:  # an unbalanced quote: not quoting after all
+            fields = []
+        if 1 <= len(fields) <= 2:
+            return fields[0], fields[1] if len(fields) == 2 else None
+    parts = line.rsplit(maxsplit=1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (line, None)
+
+
 def _resolve(root: Path, relative: str) -> str:
     path = Path(relative)
     return str(path if path.is_absolute() else root / path)
@@ -232,12 +248,12 @@ class ListFileSource:
             return self._csv_records()
         records = []
         for number, line in _read_lines(self.list_file, "video list"):
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2:
+            relative, label = split_list_line(line)
+            if label is None:
                 raise ValueError(f"{self.list_file}:{number}: expected '<path> <label>', got {line!r}")
             where = f"{self.list_file}:{number}"
-            path = _resolve(self.root, parts[0])
-            records.append(VideoRecord(path, self._name(parts[1], where),
+            path = _resolve(self.root, relative)
+            records.append(VideoRecord(path, self._name(label, where),
                                        group=pattern_group(path, self.group_pattern)))
         return records
 

@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import os
-import shlex
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vidlstm.data.index import _read_lines, _resolve
+from vidlstm.data.index import _read_lines, _resolve, split_list_line
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
 from vidlstm.utils.progress import progress
@@ -71,19 +70,10 @@ def _list_file_paths(list_file: Path) -> list[str]:
 
 def _line_path(root: Path, line: str) -> str:
     """The path on one text line: the whole line when it names a file or ends in a video extension (spaces
-    allowed), a quoted first field (``"my clip.mp4" label``), else all but a last field that is a label, as in
-    training lists."""
-    if line[0] in "\"'":
-        try:
-            fields = shlex.split(line)
-        except ValueError:  # an unbalanced quote: not quoting after all
-            fields = []
-        if 1 <= len(fields) <= 2:
-            return fields[0]
-    if line.lower().endswith(VIDEO_EXTENSIONS) or os.path.isfile(_resolve(root, line)):
+    allowed; labels are optional here), else the path of the training lists' rule (`split_list_line`)."""
+    if line[0] not in "\"'" and (line.lower().endswith(VIDEO_EXTENSIONS) or os.path.isfile(_resolve(root, line))):
         return line
-    parts = line.rsplit(maxsplit=1)
-    return parts[0] if len(parts) == 2 else line
+    return split_list_line(line)[0]
 
 
 @dataclass
