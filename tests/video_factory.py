@@ -21,22 +21,22 @@ def backend_params() -> list:
             for b in BACKENDS]
 
 
-def index_frame(i: int, height: int = 64, width: int = 64) -> np.ndarray:
-    """RGB frame whose BITS vertical stripes spell ``i`` in binary (white = 1); a red bar marks the top."""
+def index_frame(i: int, height: int = 64, width: int = 64, bits: int = BITS) -> np.ndarray:
+    """RGB frame whose ``bits`` vertical stripes spell ``i`` in binary (white = 1); a red bar marks the top."""
     frame = np.zeros((height, width, 3), np.uint8)
-    edges = np.linspace(0, width, BITS + 1).astype(int)
-    for b in range(BITS):
+    edges = np.linspace(0, width, bits + 1).astype(int)
+    for b in range(bits):
         if (i >> b) & 1:
             frame[height // 4 :, edges[b] : edges[b + 1]] = 255
     frame[: height // 8, :, 0] = 255
     return frame
 
 
-def read_index(frame: torch.Tensor) -> int:
+def read_index(frame: torch.Tensor, bits: int = BITS) -> int:
     """Inverse of `index_frame` for a decoded (3, H, W) uint8 frame."""
     lum = frame.float().mean(0)[frame.shape[1] // 4 :]
-    edges = np.linspace(0, frame.shape[2], BITS + 1).astype(int)
-    return sum(1 << b for b in range(BITS) if lum[:, edges[b] + 1 : edges[b + 1] - 1].mean() > 127)
+    edges = np.linspace(0, frame.shape[2], bits + 1).astype(int)
+    return sum(1 << b for b in range(bits) if lum[:, edges[b] + 1 : edges[b + 1] - 1].mean() > 127)
 
 
 # name -> (file suffix, codec, pixel format, encoder options)
@@ -115,3 +115,100 @@ def set_mp4_rotation(path: Path, degrees: int) -> None:
     values = [a, b, 0, c, d, 0, 0, 0, w]
     data[matrix_at : matrix_at + 36] = b"".join(v.to_bytes(4, "big") for v in values)
     path.write_bytes(bytes(data))
+
+
+# ---- streams whose packets and frames do not line up: variable frame rate, hidden frames -----------------------
+
+LONG_BITS = 7  # stripes of the files below: frame indices up to 127
+
+
+def _indexed_frames(num_frames: int, size: int = 64) -> np.ndarray:
+    return np.stack([index_frame(i, size, size, LONG_BITS) for i in range(num_frames)])
+
+
+def long_indexed_video(path: Path, codec_name: str, num_frames: int = 120) -> Path:
+    """`indexed_video` with `LONG_BITS` stripes, for streams longer than 64 frames."""
+    suffix, codec, pix_fmt, options = CODECS[codec_name]
+    return write_video(path.with_suffix(suffix), _indexed_frames(num_frames), codec, pix_fmt, options)
+
+
+def vfr_stretch_pts_ms(num_frames: int = 120, stretch: int = 20) -> list[int]:
+    """Timestamps (ms) of ``stretch``-frame runs at 25 fps and 50 fps in turn."""
+    pts, t = [], 0
+    for i in range(num_frames):
+        pts.append(t)
+        t += 40 if (i // stretch) % 2 == 0 else 20
+    return pts
+
+
+def vfr_video(path: Path, num_frames: int = 120) -> Path:
+    """H.264 .mkv with B-frames whose 25 fps and 50 fps stretches alternate; frames spell their index in
+    `LONG_BITS` stripes."""
+    return write_video(path.with_suffix(".mkv"), _indexed_frames(num_frames), "libx264", "yuv420p",
+                       {"bf": "3", "g": "12", "crf": "18"}, pts_ms=vfr_stretch_pts_ms(num_frames))
+
+
+def vfr_shared_pts_video(path: Path, num_frames: int = 120) -> Path:
+    """The stretches of `vfr_video` stored at 25 fps timestamp precision (the encoder keeps its 1/25 s time base,
+    as a muxer or recorder with too coarse a clock does): in the 50 fps stretches two neighbouring frames share a
+    timestamp. A file decord reads wrongly every time."""
+    frames = _indexed_frames(num_frames)
+    with av.open(str(path.with_suffix(".mkv")), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt, stream.options = "yuv420p", {"bf": "3", "g": "12", "crf": "18"}
+        for image, pts in zip(frames, vfr_stretch_pts_ms(num_frames), strict=True):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path.with_suffix(".mkv")
+
+
+def hidden_frames_webm(path: Path, codec: str = "libvpx", num_frames: int = 120, gop: int = 12) -> Path:
+    """VP8 (``libvpx``) or VP9 (``libvpx-vp9``) .webm with hidden frames: packets that are decoded but never shown,
+    as alt-ref frames are.
+
+    PyAV's libvpx encodes alt-ref frames only in two-pass mode (one pass with auto-alt-ref=1, lag-in-frames=16 or
+    25, arnr options or deadline=best gave none), and PyAV cannot hand the first pass's statistics to the second.
+    So each keyframe is muxed a second time with its show_frame bit cleared: the decoder decodes it (restoring the
+    state the keyframe set) and shows nothing. In VP8 the copy is a packet of its own (packets outnumber frames,
+    like an alt-ref frame in WebM); in VP9 the WebM muxer bundles it with the next frame into a superframe, as
+    libvpx's alt-ref frames are."""
+    frames = _indexed_frames(num_frames)
+    vp9 = codec == "libvpx-vp9"
+    with av.open(str(path.with_suffix(".webm")), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt, stream.options = "yuv420p", {"g": str(gop), "crf": "10" if not vp9 else "20", "b": "1M"}
+        encoded = [p for image in frames for p in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24"))]
+        for packet in [*encoded, *stream.encode()]:
+            hidden = _hidden_copy(packet, stream, vp9)
+            if vp9 and hidden is not None:
+                container.mux(hidden)  # before the frame it is bundled with
+            container.mux(packet)
+            if not vp9 and hidden is not None:
+                container.mux(hidden)
+    return path.with_suffix(".webm")
+
+
+def _hidden_copy(packet: av.Packet, stream, vp9: bool) -> av.Packet | None:
+    """For a keyframe packet, a copy with show_frame cleared (bit 4 of a VP8 frame tag, RFC 6386 9.1; bit 1 of
+    a VP9 profile 0 header's first byte); None for other packets."""
+    data = bytes(packet)
+    if not (packet.is_keyframe if vp9 else not data[0] & 1):
+        return None
+    hidden = av.Packet(bytes([data[0] & ~(0x02 if vp9 else 0x10)]) + data[1:])
+    hidden.pts, hidden.dts, hidden.time_base, hidden.stream = packet.pts, packet.dts, packet.time_base, stream
+    return hidden
+
+
+def stream_counts(path: Path) -> tuple[int, int]:
+    """(non-empty packets, decoded frames) of the first video stream, read with PyAV."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = sum(1 for packet in container.demux(stream) if packet.size)
+        container.seek(0, stream=stream)
+        return packets, sum(1 for _ in container.decode(stream))

@@ -12,22 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from vidlstm.data.index import VideoRecord
-from vidlstm.data.video import DEFAULT_TIMEOUT_S, VideoDecodeError, probe
+from vidlstm.data.video import DEFAULT_TIMEOUT_S, StreamFacts, VideoDecodeError, probe, remember_facts, stream_facts
 from vidlstm.data.video.deadlines import abandoned_threads
 from vidlstm.utils.pool import Lost, imap_killable
 from vidlstm.utils.progress import progress
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: frame counts are frames that decode; the stream facts are kept with each result
 
 
-def probe_file(path: str) -> dict[str, Any]:
-    """Metadata of one file as plain data; ``error`` holds the reason when it cannot be read."""
+def probe_file(path: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """Metadata of one file as plain data; ``error`` holds the reason when it cannot be read. ``facts`` holds
+    its `StreamFacts` (the frame count may have cost a full decode), handed to readers by `probe_records`.
+    Counting frames takes at most half of ``timeout_s``, so it ends before a pool's limit of ``timeout_s``."""
     try:
-        info = probe(path)
+        info = probe(path, timeout_s=timeout_s)
+        facts = stream_facts(path)  # cached by the probe's own look
     except VideoDecodeError as err:
         return {"error": err.reason}
     return {"num_frames": info.num_frames, "fps": info.fps, "height": info.height, "width": info.width,
-            "backend": info.backend, "error": None}
+            "backend": info.backend, "facts": facts.to_dict(), "error": None}
 
 
 def _file_key(path: str) -> list[int] | None:
@@ -91,9 +94,23 @@ def probe_records(records: list[VideoRecord], cache_path: str | os.PathLike | No
                     cache.put(path, probe_file(path))
                     bar.advance(task)
         cache.save()
-    errors = {p: cache.get(p)["error"] for p in paths}
-    bad = {p: error for p, error in errors.items() if error}
+    results = {p: cache.get(p) or {"error": "the file changed or disappeared while it was probed"} for p in paths}
+    _hand_over_facts(cache, results)
+    bad = {p: result["error"] for p, result in results.items() if result["error"]}
     return [r for r in records if r.path not in bad], bad
+
+
+def _hand_over_facts(cache: ProbeCache, results: dict[str, dict]) -> None:
+    """Give this process the stream facts the probe found, so readers opened here, and in DataLoader workers
+    forked from here, never count a file's frames again."""
+    for path, result in results.items():
+        if result.get("facts"):
+            try:
+                facts = StreamFacts.from_dict(result["facts"])
+            except (TypeError, ValueError):
+                continue  # written by other code: the reader looks at the file itself
+            size, mtime_ns = cache.entries[path]["key"]
+            remember_facts(path, size, mtime_ns, facts)
 
 
 def append_bad_videos(report: str | os.PathLike, rows: dict[str, str], stage: str, epoch: int | None) -> None:

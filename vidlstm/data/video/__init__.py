@@ -12,8 +12,8 @@ from vidlstm.data.video.auto import AUTO_ORDER, BACKENDS, available_backends, ba
 from vidlstm.data.video.base import VideoReader
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, call_with_deadline, time_limit
 from vidlstm.data.video.decord import DecordReader
-from vidlstm.data.video.errors import DecodeStuck, VideoDecodeError
-from vidlstm.data.video.facts import VIDEO_EXTENSIONS, StreamFacts, VideoInfo, stream_facts
+from vidlstm.data.video.errors import DecodeStuck, FrameOutOfRange, VideoDecodeError
+from vidlstm.data.video.facts import VIDEO_EXTENSIONS, StreamFacts, VideoInfo, remember_facts, stream_facts
 from vidlstm.data.video.opencv import OpenCVReader
 from vidlstm.data.video.pyav import PyAVReader
 from vidlstm.data.video.torchcodec import TorchCodecReader
@@ -25,6 +25,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "DecodeStuck",
     "DecordReader",
+    "FrameOutOfRange",
     "OpenCVReader",
     "PyAVReader",
     "StreamFacts",
@@ -37,6 +38,7 @@ __all__ = [
     "call_with_deadline",
     "open_video",
     "probe",
+    "remember_facts",
     "stream_facts",
     "time_limit",
 ]

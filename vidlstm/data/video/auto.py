@@ -61,7 +61,9 @@ def available_backends() -> list[str]:
 def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[str] = AUTO_ORDER,
                timeout_s: float | None = DEFAULT_TIMEOUT_S) -> VideoReader:
     """Open ``path`` with ``backend``, or with "auto": the first backend in ``order`` that is installed, suits
-    the file (see `VideoReader.unsuitable_reason`) and opens it. ``reader.backend`` says which one served.
+    the file (see `VideoReader.unsuitable_reason`: codecs it decodes wrongly, and for backends that map indices
+    through the container's index, variable frame rate and hidden frames) and opens it. ``reader.backend`` says
+    which one served.
     Probing, opening and each `get_frames` call are limited to ``timeout_s`` seconds (None: no limit)."""
     path = Path(path)
     if backend != "auto" and backend not in BACKENDS:
@@ -95,7 +97,8 @@ def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | Non
     return reader
 
 
-def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
-    """Read a video's metadata; raises `VideoDecodeError` with the reason if it cannot be opened."""
-    with open_video(path, backend) as reader:
+def probe(path: str | os.PathLike, backend: str = "auto", timeout_s: float | None = DEFAULT_TIMEOUT_S) -> VideoInfo:
+    """Read a video's metadata; raises `VideoDecodeError` with the reason if it cannot be opened. ``num_frames``
+    is the number of frames that decode (see `facts`); counting them takes at most half of ``timeout_s``."""
+    with open_video(path, backend, timeout_s=timeout_s) as reader:
         return reader.info()

@@ -16,8 +16,16 @@ import numpy as np
 import torch
 
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, _limited, _stuck_before
-from vidlstm.data.video.errors import VideoDecodeError, _one_line
+from vidlstm.data.video.errors import FrameOutOfRange, VideoDecodeError, _one_line
 from vidlstm.data.video.facts import StreamFacts, VideoInfo, stream_facts
+
+# Backends that turn a frame index into a packet or timestamp from the container's index instead of counting
+# decoded frames in order. They refuse streams where packets and frames do not line up one to one at a steady rate
+# (measured by tests/test_video_exact.py): frames sharing a timestamp (each wrong on 3 to 4 reads in 5), packets that
+# show no picture (VP8 alt-ref frames: torchcodec wrong on every read, decord counts them as frames and repeats
+# the last one past the real end), and any variable frame rate (decord was off by one on 9 of 500 repeated reads
+# of a 25/50 fps .mkv in issue 12).
+INDEX_MAPPING_BACKENDS = frozenset({"decord", "torchcodec"})
 
 
 class VideoReader(ABC):
@@ -39,6 +47,13 @@ class VideoReader(ABC):
         """Why this backend must not serve a file with these facts, or None."""
         if facts.codec in cls.UNRELIABLE_CODECS:
             return f"{cls.backend} decodes {facts.codec} wrongly (wrong or missing frames on random access)"
+        if cls.backend in INDEX_MAPPING_BACKENDS:
+            if facts.variable_frame_rate:
+                return (f"{cls.backend} decodes variable-frame-rate streams wrongly (neighbouring frames on random "
+                        "access)")
+            if facts.hidden_frames:
+                return (f"{cls.backend} decodes streams with hidden frames wrongly ({facts.num_packets} packets, "
+                        f"{facts.num_frames} frames)")
         return None
 
     timeout_s: float | None = DEFAULT_TIMEOUT_S  # limit for one get_frames call (see `time_limit`)
@@ -83,8 +98,9 @@ class VideoReader(ABC):
         if not wanted:
             raise ValueError(f"{self.path}: get_frames needs at least one index")
         bad = [i for i in wanted if not 0 <= i < self.num_frames]
-        if bad:
-            raise IndexError(f"{self.path}: frame indices {bad[:5]} outside [0, {self.num_frames})")
+        if bad:  # never handed to a backend: some repeat the last frame silently
+            raise FrameOutOfRange(self.path, f"frame {bad[0]} requested, the video has {self.num_frames} frames "
+                                             f"(outside [0, {self.num_frames}))")
         unique = sorted(set(wanted))
         if _stuck_before(self.path, self.backend):
             raise VideoDecodeError(self.path, f"{self.backend} is still stuck in an earlier call on this file")

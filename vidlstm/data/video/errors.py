@@ -13,8 +13,12 @@ class VideoDecodeError(RuntimeError):
         self.reason = " ".join(str(reason).split()) or "unknown decoding error"
         super().__init__(f"{self.path}: {self.reason}")
 
-    def __reduce__(self) -> tuple:  # keep (path, reason) when crossing DataLoader worker processes
-        return (VideoDecodeError, (self.path, self.reason))
+    def __reduce__(self) -> tuple:  # keep the type and (path, reason) when crossing DataLoader worker processes
+        return (type(self), (self.path, self.reason))
+
+
+class FrameOutOfRange(VideoDecodeError, IndexError):
+    """A frame index outside ``[0, num_frames)`` was asked for (``num_frames``: the frames that decode)."""
 
 
 class DecodeStuck(VideoDecodeError):

@@ -1,15 +1,34 @@
-"""What a video file is: its extension, the facts a cheap PyAV look finds (cached per process), and the
-`VideoInfo` that `probe` reports."""
+"""What a video file is: its extension, the facts a PyAV look finds (cached per process), and the `VideoInfo`
+that `probe` reports.
+
+The frame count is the number of frames that decode. A header's count, or the packets, are trusted only where
+they cannot differ from it; otherwise the frames are counted by decoding the stream once (no colour conversion):
+when the header has no count (WebM/MKV) or disagrees with the packets, when the codec can hide frames in packets
+of their own (VP8/VP9/AV1 alt-ref frames, which decode to no picture), and when the frame rate varies.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
 
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, time_limit
 from vidlstm.data.video.errors import VideoDecodeError, _one_line
+from vidlstm.data.video.timeline import shows_frame
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+
+# Codecs whose streams may carry frames that are decoded but never shown, in packets of their own.
+CODECS_HIDING_FRAMES = frozenset({"vp8", "vp9", "av1"})
+# Share of the probe's time limit the frame count may take; past it the shown packets are counted instead.
+COUNT_SHARE_OF_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,35 +47,77 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class StreamFacts:
-    """What a cheap PyAV look at a file tells: which stream to decode and how to show it."""
+    """What a PyAV look at a file tells: which stream to decode, how many frames it has, how to show them."""
 
     stream_index: int  # absolute index of the chosen video stream (the largest; cover art is ignored)
     codec: str
-    num_frames: int  # frames really present: the header's count, capped by the packets found
+    num_frames: int  # frames that decode (counted by decoding where the header or packets may differ from it)
     rotation: int  # degrees counter-clockwise to turn decoded frames upright (0, 90, 180, 270)
     num_video_streams: int
+    num_packets: int = 0  # non-empty packets of the stream (0: not looked at)
+    variable_frame_rate: bool = False  # frames unevenly spaced in time beyond rounding, or sharing a timestamp
+    frames_counted: bool = False  # num_frames comes from decoding every frame
+
+    @property
+    def hidden_frames(self) -> int:
+        """Packets that put no picture on screen (VP8/VP9 alt-ref frames, or a packet that does not decode)."""
+        return max(self.num_packets - self.num_frames, 0) if self.num_packets else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamFacts:
+        return cls(**data)
 
 
 _FACTS: dict[tuple[str, int, int], StreamFacts] = {}  # per process; a changed file has a new key
 _FACTS_LIMIT = 65536  # oldest entries are dropped beyond this
+# Facts that cost a full decode, handed over by the probe cache (`remember_facts`): DataLoader workers forked
+# after probing inherit them and never count again. Kept apart so that looking at many cheap files never evicts
+# them; one small entry per video.
+_COUNTED: dict[tuple[str, int, int], StreamFacts] = {}
+_COUNTED_LIMIT = 1 << 22
+
+
+def _key(path: str | os.PathLike, stat: os.stat_result) -> tuple[str, int, int]:
+    return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def stream_facts(path: str | os.PathLike, timeout_s: float | None = DEFAULT_TIMEOUT_S,
                  stat: os.stat_result | None = None) -> StreamFacts:
-    """Probe ``path`` with PyAV (demux + decode one frame). Cached per (path, size, mtime) in each process,
-    so the time limit is armed only for files not seen before."""
+    """Probe ``path`` with PyAV (demux, decode the first frame, and count the frames where that is needed).
+    Cached per (path, size, mtime) in each process, so the time limit is armed only for files not seen before.
+    Counting takes at most `COUNT_SHARE_OF_TIMEOUT` of ``timeout_s``; a longer stream keeps its count of shown
+    packets (``frames_counted`` False)."""
     stat = stat or os.stat(path)
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _FACTS:
+    key = _key(path, stat)
+    known = _FACTS.get(key) or _COUNTED.get(key)
+    if known is None:
+        budget = None if not timeout_s else timeout_s * COUNT_SHARE_OF_TIMEOUT
         with time_limit(timeout_s, path, "probing"):
-            facts = _probe_stream(key[0])
+            known = _probe_stream(key[0], budget)
+        if len(_FACTS) >= _FACTS_LIMIT:
+            del _FACTS[next(iter(_FACTS))]
+        _FACTS[key] = known
+    return known
+
+
+def remember_facts(path: str | os.PathLike, size: int, mtime_ns: int, facts: StreamFacts) -> None:
+    """Record facts found elsewhere (another process, the probe cache) for the file version (size, mtime_ns);
+    facts that cost a full decode are kept for the life of the process."""
+    key = (str(path), int(size), int(mtime_ns))
+    if facts.frames_counted:
+        if len(_COUNTED) >= _COUNTED_LIMIT:
+            del _COUNTED[next(iter(_COUNTED))]
+        _COUNTED[key] = facts
+    elif key not in _FACTS:
         if len(_FACTS) >= _FACTS_LIMIT:
             del _FACTS[next(iter(_FACTS))]
         _FACTS[key] = facts
-    return _FACTS[key]
 
 
-def _probe_stream(path: str) -> StreamFacts:
+def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
     import av
 
     try:
@@ -69,18 +130,84 @@ def _probe_stream(path: str) -> StreamFacts:
             raise VideoDecodeError(path, "no video stream (audio-only or cover art only)")
         stream = max(videos, key=lambda s: (s.codec_context.width * s.codec_context.height, -s.index))
         codec = stream.codec_context.name
-        num_frames = int(stream.frames or 0)
+        header_frames = int(stream.frames or 0)
         try:
             first = next(container.decode(stream), None)
         except Exception as err:
             raise VideoDecodeError(path, f"first frame does not decode ({_one_line(err)})") from err
         if first is None:
             raise VideoDecodeError(path, "video stream has no decodable frames")
-        rotation = round(getattr(first, "rotation", 0) or 0) % 360
-        # Headers can be missing (WebM/MKV) or promise frames a truncated file lacks: count the packets that
-        # are really there (demuxing only, no decoding) and never claim more than that.
+        from vidlstm.data.video.pyav import declared_rotation, frame_rotation  # here: pyav imports this module
+
+        rotation = frame_rotation(first, path)  # refuses a turn that is not a quarter turn
+        if rotation is None:  # this PyAV passes no rotation on: what the container declares
+            rotation = declared_rotation(path, container.format.name, stream) or 0
+        # Demux only: the packets really there (a truncated file has fewer than its header promises), the ones
+        # that show a picture, and their timestamps.
         container.seek(0, stream=stream)
-        packets = sum(1 for packet in container.demux(stream) if packet.size)
-        num_frames = min(num_frames, packets) if num_frames > 0 else packets
+        packets, shown_pts, shown = 0, [], 0
+        for packet in container.demux(stream):
+            if not packet.size or packet.is_discard:
+                continue
+            packets += 1
+            if shows_frame(codec, memoryview(packet)):
+                shown += 1
+                if packet.pts is not None:
+                    shown_pts.append(int(packet.pts))
+        time_base = stream.time_base or Fraction(1, 1000)
+        variable = uneven(shown_pts, time_base)
+        num_frames = min(header_frames, shown) if header_frames > 0 else shown
+        counted = False
+        if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES or variable:
+            found = _count_decoded(container, stream, count_budget_s)
+            if found is not None:
+                num_frames, frame_pts = found
+                counted = True
+                variable = uneven(frame_pts, time_base) if len(frame_pts) == num_frames else variable
+        if num_frames <= 0:
+            raise VideoDecodeError(path, "video stream has no decodable frames")
         # Read everything from PyAV objects before the container closes (they point into its memory).
-        return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos))
+        return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted)
+
+
+def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple[int, list[int]] | None:
+    """(frames that decode, their timestamps) from one decode of ``stream`` without colour conversion, or None
+    when that takes longer than ``budget_s``. A packet that fails to decode yields no frame and is passed over,
+    as every backend passes over it."""
+    import av
+
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    container.seek(0, stream=stream)
+    context = stream.codec_context
+    count, pts = 0, []
+
+    def take(frames: Sequence[Any]) -> None:
+        nonlocal count
+        count += len(frames)
+        pts.extend(int(f.pts) for f in frames if f.pts is not None)
+
+    for packet in container.demux(stream):
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        if not packet.size:  # an empty packet would put the decoder into draining; the flush comes at the end
+            continue
+        try:
+            take(context.decode(packet))
+        except av.error.FFmpegError:
+            continue
+    with contextlib.suppress(av.error.FFmpegError):
+        take(context.decode(None))  # flush: the frames still held back for reordering
+    return count, pts
+
+
+def uneven(pts: Sequence[int], time_base: Fraction) -> bool:
+    """Whether frames with these timestamps (ticks of ``time_base``, any order) are unevenly spaced: two frames
+    share a timestamp, or gaps differ by more than rounding allows (one tick plus one millisecond, for times
+    rounded to milliseconds and stored in a finer time base)."""
+    if len(pts) < 3:
+        return False
+    gaps = np.diff(np.sort(np.asarray(pts, np.int64)))
+    if (gaps <= 0).any():
+        return True
+    tolerance = 1 + float(Fraction(1, 1000) / time_base)
+    return bool(gaps.max() - gaps.min() > tolerance)
