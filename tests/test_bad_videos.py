@@ -76,7 +76,8 @@ def test_probe_cache_makes_the_second_run_skip_probing(tmp_path: Path, messy_tre
 
     calls = []
     original = probe_module.probe_file
-    monkeypatch.setattr(probe_module, "probe_file", lambda path: calls.append(path) or original(path))
+    monkeypatch.setattr(probe_module, "probe_file",
+                        lambda path, timeout_s: calls.append(path) or original(path, timeout_s))
     assert probe_records(records, cache, workers=0) == (good, quarantined)
     assert calls == []
     changed = Path(good[0].path)

@@ -53,11 +53,11 @@ def _always() -> bool:
     return True
 
 
-def _probe_or_block(path: str) -> dict:
+def _probe_or_block(path: str, timeout_s: float | None) -> dict:
     """Stand-in for the probe the workers run: the file named stuck.mp4 never comes back."""
     if Path(path).name == "stuck.mp4":
         _block_forever()
-    return _REAL_PROBE_FILE(path)
+    return _REAL_PROBE_FILE(path, timeout_s)
 
 
 def _no_children_left() -> None:
@@ -127,3 +127,18 @@ def test_a_probe_that_never_returns_quarantines_its_file_and_startup_goes_on(
     assert bad == {stuck: "probing took longer than 2 s (timeout); its process was killed"}
     assert [r.path for r in good] == [p for p in paths if p != stuck]
     _no_children_left()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_probing_gets_the_configured_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                workers: int) -> None:
+    """The limit reaches the probe itself (which gives frame counting half of it), not only the pool."""
+
+    def limit_seen(path: str, backend: str = "auto", timeout_s: float | None = None) -> None:
+        raise probe_module.VideoDecodeError(path, f"probed with a {timeout_s} s limit")
+
+    monkeypatch.setattr(probe_module, "probe", limit_seen)
+    path = str(tmp_path / "a.mp4")
+    write_mp4(path, np.zeros((4, 16, 16, 3), np.uint8), fps=10)
+    _, bad = probe_module.probe_records([VideoRecord(path, "x")], None, workers=workers, timeout_s=7.5)
+    assert bad == {path: "probed with a 7.5 s limit"}

@@ -6,6 +6,7 @@ Unreadable files are quarantined (reported with their reason) instead of enterin
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from pathlib import Path
@@ -85,13 +86,14 @@ def probe_records(records: list[VideoRecord], cache_path: str | os.PathLike | No
         with progress() as bar:
             task = bar.add_task(f"Probing {len(todo)} videos", total=len(todo))
             if workers > 0:
-                results = imap_killable(probe_file, todo, workers, timeout_s, retire_if=abandoned_threads)
+                look = functools.partial(probe_file, timeout_s=timeout_s)  # counting frames ends within the limit
+                results = imap_killable(look, todo, workers, timeout_s, retire_if=abandoned_threads)
                 for path, result in zip(todo, results, strict=True):
                     cache.put(path, {"error": f"probing {result.reason}"} if isinstance(result, Lost) else result)
                     bar.advance(task)
             else:
                 for path in todo:
-                    cache.put(path, probe_file(path))
+                    cache.put(path, probe_file(path, timeout_s))
                     bar.advance(task)
         cache.save()
     results = {p: cache.get(p) or {"error": "the file changed or disappeared while it was probed"} for p in paths}
