@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from vidlstm.cli.benchmark import _shares, bench_seek, long_video
+from vidlstm.cli.benchmark.data import _shares, bench_seek, long_video
 from vidlstm.data.video import BACKENDS, available_backends, stream_facts
 
 

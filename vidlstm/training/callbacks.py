@@ -6,11 +6,13 @@ import logging
 import os
 import shutil
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -169,3 +171,96 @@ class EpochTimer(L.Callback):
         if self._started is not None and not trainer.enable_validation:
             self.epoch_times_s.append(round(time.perf_counter() - self._started, 4))
             self._started = None
+
+
+class ThroughputMeter(L.Callback):
+    """Whether training waits for data: clips/s and the share of training time spent waiting for the next batch.
+
+    The wait is the time from the end of one training step (or the epoch's start) to the start of the next, in
+    which the loop fetches the batch from the DataLoader; the rest is the step itself (on CUDA the device is
+    synchronised at each step's end, as Lightning's ThroughputMonitor does, so queued kernels count as step time,
+    not as waiting). Both show in the progress bar (``train/clips_per_s``, ``train/data_wait`` over the last
+    ``window`` steps; clips/s from Lightning's `Throughput`, all ranks together under DDP) and are logged per
+    epoch; ``totals()`` gives the whole run's numbers, which train() puts in summary.json.
+    """
+
+    def __init__(self, window: int = 10) -> None:
+        if window < 2:
+            raise ValueError(f"ThroughputMeter: window must be >= 2, got {window}")
+        self.window = window
+        self.clips = 0
+        self.wait_s = 0.0
+        self.step_s = 0.0
+        self._recent: deque[tuple[float, float]] = deque(maxlen=window)  # (wait, step) of the last steps
+        self._throughput: Throughput | None = None
+        self._last_end: float | None = None
+        self._step_started = 0.0
+        self._epoch = (0, 0.0, 0.0)  # clips, wait, step at the epoch's start
+        self._wait = 0.0
+        self._totals: dict[str, float] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._throughput = Throughput(world_size=trainer.world_size, window_size=self.window)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_end = time.perf_counter()
+        self._epoch = (self.clips, self.wait_s, self.step_s)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._wait = now - self._last_end if self._last_end is not None else 0.0
+        self._step_started = now
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        now = time.perf_counter()
+        step = now - self._step_started
+        self._last_end = now
+        self.clips += _clips_in(batch)
+        self.wait_s += self._wait
+        self.step_s += step
+        self._recent.append((self._wait, step))
+        assert self._throughput is not None
+        self._throughput.update(time=self.wait_s + self.step_s, batches=trainer.global_step + 1,
+                                samples=self.clips)
+        rate = self._throughput.compute().get("device/samples_per_sec")
+        waited = sum(w for w, _ in self._recent)
+        total = waited + sum(s for _, s in self._recent)
+        if rate is not None:
+            pl_module.log("train/clips_per_s", rate * trainer.world_size, prog_bar=True, on_step=True,
+                          on_epoch=False, rank_zero_only=True)
+        pl_module.log("train/data_wait", waited / total if total else 0.0, prog_bar=True, on_step=True,
+                      on_epoch=False, rank_zero_only=True)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        clips, wait_s, step_s = (self.clips - self._epoch[0], self.wait_s - self._epoch[1],
+                                 self.step_s - self._epoch[2])
+        if clips and wait_s + step_s > 0:
+            pl_module.log("train/epoch_clips_per_s", clips / (wait_s + step_s) * trainer.world_size,
+                          on_epoch=True, rank_zero_only=True)
+            pl_module.log("train/epoch_data_wait", wait_s / (wait_s + step_s), on_epoch=True, rank_zero_only=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        local = torch.tensor([float(self.clips), self.wait_s, self.step_s], device=trainer.strategy.root_device)
+        clips, wait_s, step_s = trainer.strategy.reduce(local, reduce_op="sum").tolist()  # every rank calls this
+        busy = (wait_s + step_s) / trainer.world_size  # each rank's training time, on average
+        self._totals = {} if not clips or busy <= 0 else {
+            "train/clips_per_s": round(clips / busy, 2),  # all ranks together
+            "train/data_wait_share": round(wait_s / (wait_s + step_s), 4),
+        }
+
+    def totals(self) -> dict[str, float]:
+        """The run's numbers over all ranks (empty before training ended): clips/s of training, waiting included,
+        and the share of training time spent waiting for data."""
+        return dict(self._totals)
+
+
+def _clips_in(batch: Any) -> int:
+    """Clips (videos that decoded, or cached feature sequences) in a training batch."""
+    labels = getattr(batch, "labels", None)
+    if labels is None and isinstance(batch, tuple | list) and len(batch) > 1:
+        labels = batch[1]
+    return int(labels.shape[0]) if isinstance(labels, torch.Tensor) and labels.dim() else 0

@@ -1,0 +1,226 @@
+"""``data``: clips/s of each raw backend decoding the same frame indices, and of frame-cache epochs.
+The loader check runs our dataset in a DataLoader with N workers (N = 0 and 2) against N plain processes doing
+the same decoding (same files, same frame indices, same backend choice, one torch thread per worker process,
+the same round-robin share of batches per process): ratio loader / raw decoding (target >= 0.9), and loader /
+(raw decoding + the same transform), which leaves only the loader's own cost. The seek check reads a 16-frame
+clip (every 2nd frame) from the first and from the last 10% of a 10-minute 480p H.264 video (x264 ultrafast, a
+keyframe every 2 s; generated once into ./data/benchmark), each from a freshly opened reader as a dataset does,
+interleaved, and prints per backend the median cost of each and late / early (target <= 2).
+Without ``--videos`` the demo dataset is used (rendered into ./data/demo on first use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from vidlstm.cli.benchmark.common import demo_split, timed
+from vidlstm.data.cache import FrameCache
+from vidlstm.data.dataset import VideoClipDataset, collate_clips
+from vidlstm.data.index import ClassFolderSource, segment_frames
+from vidlstm.data.sampling import UniformSegmentSampler
+from vidlstm.data.transforms import eval_transform
+from vidlstm.data.video import BACKENDS, available_backends, open_video, stream_facts
+
+
+def _decode_share(share: list[tuple[str, list[int]]], backend: str, transform: Callable | None) -> None:
+    """What one loader worker decodes, without the loader: open, read the same indices, (transform), close."""
+    torch.set_num_threads(1)  # as DataLoader does in each worker
+    for path, indices in share:
+        with open_video(path, backend) as reader:
+            frames = reader.get_frames(indices)
+        if transform is not None:
+            transform(frames)
+
+
+def _in_processes(shares: list[list[tuple[str, list[int]]]], backend: str, transform: Callable | None) -> None:
+    """Run each share in a process of its own, started as DataLoader starts its workers (or here when none)."""
+    if len(shares) == 1:
+        _decode_share(shares[0], backend, transform)
+        return
+    context = multiprocessing.get_context()  # DataLoader's default: the platform's start method
+    processes = [context.Process(target=_decode_share, args=(share, backend, transform)) for share in shares]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+        if process.exitcode:
+            raise RuntimeError(f"a raw decoding process failed (exit code {process.exitcode})")
+
+
+def _shares(work: list[tuple[str, list[int]]], workers: int, batch_size: int) -> list[list[tuple[str, list[int]]]]:
+    """Split ``work`` as DataLoader does: batch b goes to worker b % workers (everything to one when none)."""
+    batches = [work[i: i + batch_size] for i in range(0, len(work), batch_size)]
+    count = max(1, workers)
+    return [[item for batch in batches[w::count] for item in batch] for w in range(count)]
+
+
+def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: int, batch_size: int = 8,
+                 backend: str = "auto") -> dict[str, tuple[float, float]]:
+    """{name: (clips/s, CPU ms per clip)} of raw decoding per backend, and for N = 0 and 2 workers of: N raw
+    decoding processes, the same plus the transform, and our DataLoader (median of ``repeats`` interleaved runs);
+    and of frame-cache epochs."""
+    records = list(itertools.islice(itertools.cycle(ClassFolderSource(videos).records()), clips))
+    sampler = UniformSegmentSampler(num_frames)
+    work = []
+    for record in records:  # the indices the dataset will ask for (eval sampler: no randomness)
+        with open_video(record.path, backend) as reader:
+            first, stop = segment_frames(record, reader.num_frames, reader.fps)
+            work.append((record.path, [first + i for i in sampler(stop - first)]))
+
+    def measured(runs: list[tuple[float, float]]) -> tuple[float, float]:
+        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        return len(work) / wall, cpu * 1e3 / len(work)
+
+    results: dict[str, tuple[float, float]] = {}
+    for name in available_backends():
+        if any(BACKENDS[name].unsuitable_reason(stream_facts(p)) for p, _ in work):
+            print(f"  {name:<22} skipped: unsuitable for some of these files")
+            continue
+        results[f"raw {name}"] = measured([timed(lambda name=name: _decode_share(work, name, None))])
+    classes = sorted({r.label for r in records})
+    transform = eval_transform(size)
+    dataset = VideoClipDataset(records, classes, sampler, transform, backend=backend)
+    for workers in (0, 2):
+        shares = _shares(work, workers, batch_size)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
+        runs: dict[str, Callable[[], object]] = {
+            f"raw decoding x{max(1, workers)}": lambda shares=shares: _in_processes(shares, backend, None),
+            f"raw + transform x{max(1, workers)}": lambda shares=shares: _in_processes(shares, backend, transform),
+            f"loader {workers} workers": lambda loader=loader: [b for b in loader],
+        }
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+        for repeat in range(repeats):
+            order = list(runs)[repeat % len(runs):] + list(runs)[: repeat % len(runs)]  # rotate who goes first
+            for name in order:
+                times[name].append(timed(runs[name]))
+        results.update({name: measured(t) for name, t in times.items()})
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cached = VideoClipDataset(records, classes, sampler, transform, frame_cache=FrameCache(cache_dir, size))
+        loader = DataLoader(cached, batch_size=batch_size, num_workers=0, collate_fn=collate_clips)
+        results["frame cache 1st epoch"] = measured([timed(lambda: [b for b in loader])])
+        results["frame cache later"] = measured([timed(lambda: [b for b in loader])])
+    return results
+
+
+LONG_VIDEO_FPS, LONG_VIDEO_KEYINT, LONG_VIDEO_SIZE = 25, 50, (854, 480)  # a keyframe every 2 s
+
+
+def long_video(folder: Path, minutes: float = 10) -> Path:
+    """A ``minutes``-long 480p H.264 video (x264 ultrafast, a keyframe every 2 s, FFmpeg's moving test pattern),
+    generated once into ``folder`` and reused."""
+    import av
+
+    path = folder / f"long_{LONG_VIDEO_SIZE[1]}p_{minutes:g}min.mp4"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    width, height = LONG_VIDEO_SIZE
+    print(f"  generating {path} (once) ...", flush=True)
+    source = f"testsrc2=size={width}x{height}:rate={LONG_VIDEO_FPS}:duration={minutes * 60:g}"
+    with av.open(source, format="lavfi") as pattern, av.open(str(partial), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=LONG_VIDEO_FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(LONG_VIDEO_KEYINT), "crf": "23"}
+        for frame in pattern.decode(video=0):
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    partial.rename(path)
+    return path
+
+
+def bench_seek(video: Path, repeats: int, clip_frames: int = 16, stride: int = 2) -> dict[str, dict[str, float]]:
+    """{backend: median ms of an early and a late clip (read only, and open + read), and late / early}: a clip
+    of ``clip_frames`` frames ``stride`` apart, starting at random in the first and in the last 10% of
+    ``video``; each read from a freshly opened reader, early and late alternating (who goes first too)."""
+    total = stream_facts(video).num_frames
+    span = (clip_frames - 1) * stride + 1
+    tenth = total // 10
+    results = {}
+    for backend in available_backends():
+        reason = BACKENDS[backend].unsuitable_reason(stream_facts(video))
+        if reason:
+            print(f"  {backend:<12} skipped: {reason}")
+            continue
+        rng = random.Random(0)
+        timings: dict[str, list[float]] = {f"{part} {where}": [] for part in ("read", "open+read")
+                                           for where in ("early", "late")}
+
+        def clip(start: int, where: str, backend: str = backend, timings: dict = timings) -> None:
+            started = time.perf_counter()
+            with open_video(video, backend) as reader:
+                opened = time.perf_counter()
+                reader.get_frames(range(start, start + span, stride))
+                done = time.perf_counter()
+            timings[f"read {where}"].append((done - opened) * 1e3)
+            timings[f"open+read {where}"].append((done - started) * 1e3)
+
+        clip(0, "early")  # warm-up: per-process caches (stream facts, packet tables), code paths
+        clip(total - span, "late")
+        for timing in timings.values():
+            timing.clear()
+        for repeat in range(repeats):
+            early, late = rng.randrange(0, tenth - span), rng.randrange(total - tenth, total - span)
+            for start, where in [(early, "early"), (late, "late")][:: 1 if repeat % 2 else -1]:
+                clip(start, where)
+        medians = {name: statistics.median(t) for name, t in timings.items()}
+        medians["ratio read"] = medians["read late"] / medians["read early"]
+        medians["ratio open+read"] = medians["open+read late"] / medians["open+read early"]
+        results[backend] = medians
+    return results
+
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    videos = args.videos or demo_split("train")
+    print(f"data benchmark: {args.clips} clips of {args.num_frames} frames from {videos} (cpus: {os.cpu_count()}, "
+          f"median of {args.repeats} interleaved runs)")
+    results = bench_loader(videos, args.clips, args.num_frames, args.size, args.repeats)
+    with open_video(next(iter(ClassFolderSource(videos).records())).path) as reader:
+        print(f"  (the loader and the raw decoding processes open videos with backend auto: {reader.backend})")
+    for name, (rate, cpu_ms) in results.items():
+        print(f"  {name:<26} {rate:8.1f} clips/s   {cpu_ms:6.2f} ms CPU per clip")
+    for workers in (0, 2):
+        processes = max(1, workers)
+        rate, cpu_ms = results[f"loader {workers} workers"]
+        for raw, note in (("raw decoding", "target >= 0.9"), ("raw + transform", "the loader's own cost")):
+            raw_rate, raw_cpu_ms = results[f"{raw} x{processes}"]
+            print(f"  ratio loader({workers} workers) / {raw} in {processes} process(es): {rate / raw_rate:.2f}   "
+                  f"({note}; by CPU time {raw_cpu_ms / cpu_ms:.2f})")
+    speedup = results["frame cache later"][0] / results["loader 0 workers"][0]
+    print(f"  ratio frame-cache epoch / decoding epoch (0 workers): {speedup:.2f}   (target >= 5)")
+
+    video = args.long_video or long_video(Path(os.environ.get("VIDLSTM_ROOT", ".")) / "data" / "benchmark")
+    facts = stream_facts(video)
+    print(f"seek benchmark: 16-frame clips (every 2nd frame) from the first and the last 10% of {video} "
+          f"({facts.num_frames} frames, {facts.codec}), {args.seek_repeats} of each, a fresh reader per clip")
+    for backend, ms in bench_seek(video, args.seek_repeats).items():
+        print(f"  {backend:<12} read: early {ms['read early']:8.1f} ms  late {ms['read late']:8.1f} ms  "
+              f"late/early {ms['ratio read']:5.2f}   (target <= 2)   open+read: early {ms['open+read early']:8.1f}"
+              f" ms  late {ms['open+read late']:8.1f} ms  late/early {ms['ratio open+read']:5.2f}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--videos", type=Path, help="class-per-folder tree of videos (default: the demo dataset)")
+    parser.add_argument("--clips", type=int, default=256, help="clips decoded per measurement")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames per clip")
+    parser.add_argument("--size", type=int, default=64, help="crop size of the dataset's transform")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per loader measurement (median)")
+    parser.add_argument("--long-video", type=Path, help="video for the seek check (default: a generated "
+                                                          "10-minute 480p H.264 file in ./data/benchmark)")
+    parser.add_argument("--seek-repeats", type=int, default=11, help="early and late clips per backend (median)")
