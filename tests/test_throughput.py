@@ -73,3 +73,24 @@ def test_the_waiting_share_follows_where_the_time_goes(data_delay_s: float, step
 def test_a_window_below_two_steps_is_refused() -> None:
     with pytest.raises(ValueError, match="window must be >= 2"):
         ThroughputMeter(window=1)
+
+
+class _Device:
+    def __init__(self, kind: str) -> None:
+        self.strategy = type("Strategy", (), {"root_device": torch.device(kind)})()
+
+
+@pytest.mark.parametrize(("kind", "workers", "expected"), [
+    ("cuda", 2, {"pin_memory": True, "prefetch_factor": 4}),
+    ("cpu", 2, {"pin_memory": False, "prefetch_factor": 2}),
+    ("cuda", 0, {"pin_memory": True}),  # no workers: nothing to prefetch with
+])
+def test_auto_loader_settings_follow_the_device(kind: str, workers: int, expected: dict) -> None:
+    from vidlstm.data.datamodule import loader_speed
+
+    assert loader_speed("auto", "auto", workers, _Device(kind)) == expected
+    assert loader_speed(False, 3, workers, _Device(kind)) == {"pin_memory": False,
+                                                              **({"prefetch_factor": 3} if workers else {})}
+    assert loader_speed("auto", "auto", workers, None)["pin_memory"] is False  # no trainer: not on a GPU
+    with pytest.raises(ValueError, match="data.pin_memory: expected true/false or 'auto', got 'yes'"):
+        loader_speed("yes", "auto", workers, None)

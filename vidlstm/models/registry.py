@@ -46,6 +46,8 @@ LEGACY_TARGETS: dict[str, str] = {
 FILLED_IN = frozenset({"num_classes", "input_size", "encoder", "head"})
 # Sub-configs of the network config, each built by its registry entry.
 PARTS = {"encoder": "FrameEncoder", "head": "TemporalHead"}
+# Keys of a node that say how a run executes the network, not what it is: type-checked, never passed on.
+RUN_SETTINGS: dict[str, dict[str, type]] = {"CNNLSTM": {"compile": bool}}
 
 
 def _parameters(init: Callable[..., Any], skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
@@ -148,6 +150,9 @@ def _check_node(node: Any, entry: str, path: str, where: str, parts: tuple[str, 
             raise _error(where, at, "not allowed (the only special keys are _target_ and _partial_)")
         elif key in parts:
             children[key] = value
+        elif key in RUN_SETTINGS.get(entry, {}):
+            if not isinstance(value, RUN_SETTINGS[entry][key]):
+                raise _error(where, at, f"expected {RUN_SETTINGS[entry][key].__name__}, got {describe_value(value)}")
         elif key not in allowed:
             raise _error(where, at, "unknown key")
         elif not _matches(value, allowed[key]):

@@ -45,6 +45,9 @@ class VideoClassifier(L.LightningModule):
         fingerprint: identifies the run's data and model config in its checkpoints (``ckpt_path=last`` resumes
             only a matching run; see `vidlstm.training.train.config_fingerprint`).
         class_counts: training videos per class, for ``class_weights="auto"`` with a built ``net``.
+        compile: run the network through ``torch.compile`` (compiled on first use; the first steps are slower,
+            outputs equal eager mode up to float rounding). The parameters and checkpoints are the plain
+            network's: a compiled run's checkpoint loads anywhere.
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class VideoClassifier(L.LightningModule):
         hparams: Mapping[str, Any] | None = None,
         fingerprint: str | None = None,
         class_counts: Sequence[int] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_net = compile
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         if inputs not in ("clips", "features"):
@@ -124,10 +129,18 @@ class VideoClassifier(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints: a resumed run remembers the best so far
 
-    def _net(self, x: torch.Tensor) -> torch.Tensor:
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
         if self.inputs == "features":
             return self.net.head(self.net.encoder.project(x))
         return self.net(x)
+
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.compile_net:
+            return self._eager(x)
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:  # kept out of the module tree: parameters and state_dict keys stay the network's
+            compiled = self.__dict__["_compiled"] = torch.compile(self._eager)
+        return compiled(x)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> logits; (B, N, T, 3, H, W) (N clips per video) -> log of the clip-averaged
