@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from vidlstm.data.datamodule import VideoDataModule
 from vidlstm.models import CNNLSTM
+from vidlstm.models.registry import build_network
 from vidlstm.training.train import build_module
 
 from .conftest import compose_config
@@ -34,7 +36,7 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -
     datamodule = instantiate(cfg.data)
     assert isinstance(datamodule, VideoDataModule)
     assert datamodule.train_transform.pipeline is not None
-    model = instantiate(cfg.model)(num_classes=8)
+    model = build_network(OmegaConf.to_container(cfg.model, resolve=True), 8)
     assert isinstance(model, CNNLSTM)
     clips = torch.randn(2, cfg.data.num_frames, 3, cfg.data.image_size, cfg.data.image_size)
     assert model(clips).shape == (2, 8)
@@ -53,7 +55,7 @@ def test_no_arguments_means_the_demo(tmp_path: Path) -> None:
 
 def test_meanpool_experiment_removes_the_recurrence(tmp_path: Path) -> None:
     cfg = compose_config(["experiment=demo_meanpool"], tmp_path / "run")
-    head = instantiate(cfg.model)(num_classes=8).head
+    head = build_network(OmegaConf.to_container(cfg.model, resolve=True), 8).head
     assert head.recurrent is None and head.pooling.mode == "mean"
     demo = compose_config(["experiment=demo"], tmp_path / "run")
     for key in ("data", "optimizer", "scheduler", "trainer"):
@@ -63,7 +65,7 @@ def test_meanpool_experiment_removes_the_recurrence(tmp_path: Path) -> None:
 @pytest.mark.parametrize("head", HEADS)
 def test_every_head_builds(head: str, tmp_path: Path) -> None:
     cfg = compose_config([f"model/head={head}"], tmp_path / "run")
-    model = instantiate(cfg.model)(num_classes=3)
+    model = build_network(OmegaConf.to_container(cfg.model, resolve=True), 3)
     assert model(torch.randn(1, 4, 3, 32, 32)).shape == (1, 3)
 
 

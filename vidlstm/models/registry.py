@@ -198,7 +198,8 @@ def build_network(model_cfg: Mapping[str, Any], num_classes: int, encoder: Frame
     """The CNN+LSTM, (B, T, 3, H, W) -> logits (B, num_classes), from a network config (``encoder`` and
     ``head`` sub-configs, as ``OmegaConf.to_container(cfg.model, resolve=True)`` gives them or as a
     checkpoint stores them). ``encoder``: an already built encoder to reuse instead of ``model_cfg["encoder"]``.
-    Builds what ``hydra.utils.instantiate(cfg.model)(num_classes=num_classes)`` builds. Raises
+    Builds what ``hydra.utils.instantiate(cfg.model)(num_classes=num_classes)`` builds, less the run settings
+    (`RUN_SETTINGS`: ``compile``, which the trainer applies). Raises
     `ModelConfigError` naming ``where`` and the key path."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise _error(where, "num_classes", f"expected a positive int, got {describe_value(num_classes)}")
