@@ -151,6 +151,9 @@ HOSTILE = {
     "backbone_not_a_model": (("model", "encoder", "backbone"), "os.system",
                              r"model\.encoder: backbone 'os\.system': not a torchvision classification model"),
     "huge_probe": (("model", "encoder", "probe_size"), 10**6, r"model\.encoder: probe_size must be in \[16, 1024\]"),
+    "weights_meta_path": (("model", "encoder", "weights_meta"), "EVIL",
+                          r"model\.encoder: weights_meta '.*payload\.pt': names torchvision weights, not ones of "
+                          r"'tiny'"),
     # (c) unknown keys
     "unknown_head_key": (("model", "head", "foo"), 1, r"model\.head\.foo: unknown key"),
     "unknown_encoder_key": (("model", "encoder", "weights_path"), "EVIL", r"model\.encoder\.weights_path: unknown key"),

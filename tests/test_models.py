@@ -53,8 +53,8 @@ def test_encoder_loads_local_weights_file(tmp_path) -> None:
     reference = torchvision.models.resnet18(num_classes=1000)
     torch.save({"state_dict": reference.state_dict()}, tmp_path / "r18.pth")
     loaded = FrameEncoder("resnet18", weights=str(tmp_path / "r18.pth"))
-    torch.testing.assert_close(loaded.trunk[0].weight, reference.conv1.weight)
-    assert not torch.equal(source.trunk[0].weight, reference.conv1.weight)
+    torch.testing.assert_close(loaded.trunk.body.conv1.weight, reference.conv1.weight)
+    assert not torch.equal(source.trunk.body.conv1.weight, reference.conv1.weight)
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         FrameEncoder("resnet18", weights=str(tmp_path / "missing.pth"))
 
@@ -127,12 +127,13 @@ def test_freeze_all_makes_a_fixed_feature_extractor() -> None:
 
 def test_freeze_all_but_last_trains_only_the_last_stages() -> None:
     encoder = FrameEncoder("resnet18", freeze="all_but_last", trainable_stages=2).train()
-    trainable = {name.split(".")[0] for name, p in encoder.trunk.named_parameters() if p.requires_grad}
-    assert trainable == {"6", "7"}  # resnet18 trunk: conv1 bn1 relu maxpool layer1..layer4 -> layer3, layer4
-    assert encoder.trunk[0].training is False and encoder.trunk[7].training is True
-    before = _bn_stats(encoder.trunk[4])
+    trainable = {".".join(name.split(".")[:2]) for name, p in encoder.trunk.named_parameters() if p.requires_grad}
+    assert trainable == {"body.layer3", "body.layer4"}  # resnet18 stages: conv1+bn1, layer1..layer4
+    body = encoder.trunk.body
+    assert body.conv1.training is False and body.get_submodule("layer4.0.bn1").training is True
+    before = _bn_stats(encoder.trunk.body.layer1)
     encoder(torch.randn(1, 2, 3, 64, 64))
-    assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(encoder.trunk[4]), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(encoder.trunk.body.layer1), strict=True))
 
 
 def test_freeze_bn_keeps_statistics_but_trains_weights() -> None:

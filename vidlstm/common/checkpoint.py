@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from vidlstm.models import CNNLSTM
+from vidlstm.models.backbones import rebuild_weights_meta
 from vidlstm.models.registry import ModelConfigError, build_network, describe_value, validate_model_config
 
 
@@ -95,7 +96,12 @@ def build_net(checkpoint: Mapping[str, Any], where: str = "checkpoint") -> CNNLS
     meta = checkpoint["vidlstm"]
     try:
         model_cfg = validate_model_config(meta["config"]["model"], where)
-        model_cfg["encoder"]["weights"] = None  # the checkpoint holds the weights; a file it names is never read
+        encoder = model_cfg["encoder"]
+        # The checkpoint holds the weights; a file it names is never read. A torchvision weights name it holds
+        # ("DEFAULT") still says which network those weights were trained in (e.g. Inception's input transform).
+        encoder["weights_meta"] = rebuild_weights_meta(encoder.get("backbone", "tiny"), encoder.get("weights"),
+                                                       encoder.get("weights_meta"))
+        encoder["weights"] = None
         net = build_network(model_cfg, len(meta["class_names"]), where=where)
     except ModelConfigError as err:
         raise CheckpointError(str(err)) from err
