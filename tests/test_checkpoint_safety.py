@@ -154,6 +154,8 @@ HOSTILE = {
     "weights_meta_path": (("model", "encoder", "weights_meta"), "EVIL",
                           r"model\.encoder: weights_meta '.*payload\.pt': names torchvision weights, not ones of "
                           r"'tiny'"),
+    "interpolation_code": (("data", "eval_transform", "interpolation"), "vidlstm.data.video.torch.load",
+                           r"data\.eval_transform\.interpolation: expected one of \('bilinear'"),
     # (c) unknown keys
     "unknown_head_key": (("model", "head", "foo"), 1, r"model\.head\.foo: unknown key"),
     "unknown_encoder_key": (("model", "encoder", "weights_path"), "EVIL", r"model\.encoder\.weights_path: unknown key"),

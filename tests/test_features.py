@@ -113,8 +113,10 @@ def test_every_sampler_argument_changes_the_key(video: VideoRecord, cls: type, b
         assert _key(video, cls(**{**base, name: value}), encoder=encoder) != reference, f"{cls.__name__}.{name}"
 
 
-TRANSFORM_BASE = dict(size=32, resize=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-TRANSFORM_CHANGES = dict(size=28, resize=40, mean=(0.5, 0.456, 0.406), std=(0.229, 0.224, 0.25))
+TRANSFORM_BASE = dict(size=32, resize=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                      interpolation="bilinear")
+TRANSFORM_CHANGES = dict(size=28, resize=40, mean=(0.5, 0.456, 0.406), std=(0.229, 0.224, 0.25),
+                         interpolation="bicubic")
 
 
 def test_every_transform_setting_changes_the_key(video: VideoRecord) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from vidlstm.data.transforms import INTERPOLATIONS
 from vidlstm.models import CNNLSTM
 from vidlstm.models.backbones import rebuild_weights_meta
 from vidlstm.models.registry import ModelConfigError, build_network, describe_value, validate_model_config
@@ -31,7 +32,8 @@ def _three_numbers(value: Any) -> bool:
 
 
 def _check_data(data: Any, where: str) -> None:
-    """The ``config.data`` settings the predictor reads: image_size, num_frames, eval_transform.resize/mean/std."""
+    """The ``config.data`` settings the predictor reads: image_size, num_frames, eval_transform.resize/mean/std/
+    interpolation (older checkpoints lack the last ones: None means ImageNet statistics and bilinear)."""
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{where}: data: expected a mapping, got {describe_value(data)}")
     for key in ("image_size", "num_frames"):
@@ -49,9 +51,13 @@ def _check_data(data: Any, where: str) -> None:
         raise CheckpointError(f"{where}: data.eval_transform.resize: expected a positive int or None, "
                               f"got {describe_value(resize)}")
     for key in ("mean", "std"):
-        if key in transform and not _three_numbers(transform[key]):
-            raise CheckpointError(f"{where}: data.eval_transform.{key}: expected 3 numbers (R, G, B), "
+        if transform.get(key) is not None and not _three_numbers(transform[key]):
+            raise CheckpointError(f"{where}: data.eval_transform.{key}: expected 3 numbers (R, G, B) or None, "
                                   f"got {describe_value(transform[key])}")
+    interpolation = transform.get("interpolation")
+    if interpolation is not None and (not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS):
+        raise CheckpointError(f"{where}: data.eval_transform.interpolation: expected one of {INTERPOLATIONS} or None, "
+                              f"got {describe_value(interpolation)}")
 
 
 def _check_meta(meta: Mapping[str, Any], where: str) -> None:

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Resampling modes for resizes (torchvision's names); the ones v2 applies to video tensors.
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")
 
 
 class ClipTransform:
@@ -26,8 +28,17 @@ class ClipTransform:
         return f"ClipTransform({self.pipeline})"
 
 
-def _to_float(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+def interpolation_mode(name: str | None) -> InterpolationMode:
+    """``name`` (one of `INTERPOLATIONS`; None: "bilinear") as torchvision's InterpolationMode."""
+    name = name or "bilinear"
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {name!r}: choose one of {INTERPOLATIONS}")
+    return InterpolationMode(name)
+
+
+def _to_float(mean: Sequence[float] | None, std: Sequence[float] | None) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(IMAGENET_MEAN if mean is None else mean), list(IMAGENET_STD if std is None else std))]
 
 
 def train_transform(
@@ -37,13 +48,16 @@ def train_transform(
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: bool = False,
     color_jitter: float = 0.0,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
 ) -> ClipTransform:
     """[Resize the short side to ``resize``,] random-resized crop to ``size``, optional horizontal flip and
-    colour jitter, then normalise."""
-    steps: list[v2.Transform] = [v2.Resize(resize, antialias=True)] if resize else []
-    steps.append(v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True))
+    colour jitter, then normalise. ``mean``/``std`` None: ImageNet's; ``interpolation`` None: bilinear."""
+    mode = interpolation_mode(interpolation)
+    steps: list[v2.Transform] = [v2.Resize(resize, interpolation=mode, antialias=True)] if resize else []
+    steps.append(v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=mode,
+                                      antialias=True))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if color_jitter > 0:
@@ -54,9 +68,12 @@ def train_transform(
 def eval_transform(
     size: int,
     resize: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
 ) -> ClipTransform:
-    """Resize the short side to ``resize`` (default ``size``), centre-crop ``size``, normalise."""
-    steps = [v2.Resize(resize or size, antialias=True), v2.CenterCrop(size)]
+    """Resize the short side to ``resize`` (default ``size``), centre-crop ``size``, normalise.
+    ``mean``/``std`` None: ImageNet's; ``interpolation`` None: bilinear."""
+    steps = [v2.Resize(resize or size, interpolation=interpolation_mode(interpolation), antialias=True),
+             v2.CenterCrop(size)]
     return ClipTransform(steps + _to_float(mean, std))

@@ -71,14 +71,15 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", num_clips: int = 3, top_k: int = 5,
                         backend: str = "auto", timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Predictor:
-        """Everything (class names, network, clip length, frame size, normalisation) comes from the
-        checkpoint, loaded with ``weights_only=True``."""
+        """Everything (class names, network, clip length, frame size, resize, interpolation, normalisation)
+        comes from the checkpoint, loaded with ``weights_only=True``; a checkpoint without mean/std/
+        interpolation (older runs) gets ImageNet statistics and bilinear resizing, as those runs used."""
         checkpoint = load_checkpoint(path)
         data = checkpoint["vidlstm"]["config"]["data"]  # type-checked by load_checkpoint
         transform_cfg = data.get("eval_transform") or {}
         transform = eval_transform(data["image_size"], resize=transform_cfg.get("resize"),
-                                   mean=transform_cfg.get("mean", (0.485, 0.456, 0.406)),
-                                   std=transform_cfg.get("std", (0.229, 0.224, 0.225)))
+                                   mean=transform_cfg.get("mean"), std=transform_cfg.get("std"),
+                                   interpolation=transform_cfg.get("interpolation"))
         return cls(build_net(checkpoint, str(path)), checkpoint["vidlstm"]["class_names"], data["num_frames"],
                    transform, num_clips, top_k, backend, timeout_s, device)
 

@@ -1,4 +1,5 @@
-"""Backbone trunks: an image network (torchvision, timm, or vidlstm's own "tiny") without its head.
+"""Backbone trunks: an image network (torchvision, timm, or vidlstm's own "tiny") without its head, and the input
+its weights expect.
 
 A trunk maps frames (N, 3, H, W) to feature maps (N, C, h, w). For a torchvision model it is the model's own
 traced graph up to the node where its global pooling starts (found in the graph, so nothing in between is
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ import torchvision
 from torch import fx, nn
 from torchvision.models import convnext as tv_convnext
 from torchvision.models.feature_extraction import NodePathTracer, _set_default_tracer_kwargs
+
+from vidlstm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
@@ -562,3 +566,69 @@ def build_trunk(backbone: str, weights: str | None = None, weights_meta: str | N
         raise ValueError(f"backbone {backbone!r}: not a torchvision classification model, 'timm:<name>' or one of "
                          f"{sorted(BACKBONES)}")
     return torchvision_trunk(backbone, weights, weights_meta)
+
+
+# --- what the weights expect ---
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The input a backbone's weights expect.
+
+    mean / std: per-channel (R, G, B) normalisation of [0, 1] pixels.
+    interpolation: resampling for resizes, as the metadata names it (e.g. "bilinear", "bicubic").
+    resize_ratio: evaluation resizes the short side to ``round(crop * resize_ratio)`` before the centre crop
+        (torchvision: resize_size / crop_size, e.g. 256 / 224; timm: 1 / crop_pct).
+    crop_size: the frame side the weights were trained at (None: not stated).
+    source: where these values come from, for the run's log.
+    """
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    resize_ratio: float = 1.0
+    crop_size: int | None = None
+    source: str = "ImageNet defaults"
+
+
+def weights_preprocessing(backbone: str, weights: str | None = None, weights_meta: str | None = None
+                          ) -> Preprocessing:
+    """What the weights of an encoder config expect, read from metadata without downloading anything.
+
+    torchvision: the weights enum member's ``transforms()`` (a local file: the member ``weights_meta`` names,
+    else the model's DEFAULT weights, which is what ``weights="DEFAULT"`` saved on another machine holds).
+    timm: the name's ``pretrained_cfg`` (the name's tag names the weights). "tiny" and random init (weights
+    None): ImageNet mean/std, bilinear, no resize margin (today's defaults).
+    """
+    if weights is None:
+        return Preprocessing(source="ImageNet defaults (no pretrained weights)")
+    if backbone in BACKBONES:
+        return Preprocessing(source=f"ImageNet defaults ({backbone!r} has no pretrained statistics)")
+    local = is_local_file(weights)
+    if backbone.startswith("timm:"):
+        return _timm_preprocessing(backbone.removeprefix("timm:"), local)
+    arch = torchvision_weights(backbone, weights_meta if local else weights)
+    t = arch.transforms()
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    note = ""
+    if local:
+        note = (" (named by model.encoder.weights_meta for the local file)" if weights_meta is not None else
+                " (the DEFAULT weights, assumed for the local file: model.encoder.weights_meta names others)")
+    return Preprocessing(tuple(t.mean), tuple(t.std), t.interpolation.value, resize / crop, crop,
+                         f"torchvision {type(arch).__name__}.{arch.name}{note}")
+
+
+def _timm_preprocessing(name: str, local: bool) -> Preprocessing:
+    timm = _import_timm(f"timm:{name}")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise ValueError(f"backbone 'timm:{name}': timm knows no pretrained weights of that name")
+    tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    return Preprocessing(tuple(cfg.mean), tuple(cfg.std), cfg.interpolation,
+                         1.0 / (cfg.crop_pct or 0.875), int(cfg.input_size[-1]),
+                         f"timm {tag} pretrained_cfg" + (" (the local file is taken to hold these weights)" if local
+                                                         else ""))
+
+
+def eval_resize(image_size: int, ratio: float) -> int:
+    """The short side evaluation resizes to before centre-cropping ``image_size``."""
+    return max(image_size, math.floor(image_size * ratio + 0.5))

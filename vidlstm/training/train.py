@@ -25,6 +25,7 @@ from vidlstm.models.registry import build_encoder, build_network
 from vidlstm.training.callbacks import BadVideoMonitor, EpochTimer, NetworkBuilder
 from vidlstm.training.features import FeatureCache, FeatureDataModule
 from vidlstm.training.module import VideoClassifier
+from vidlstm.training.preprocessing import resolve_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +202,13 @@ def _run_seed(seed: int | None) -> int:
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and test as configured. Returns (summary metrics, objects built) so tests can inspect both.
 
-    Nothing here touches the data before the Trainer does: rendering, probing, the quarantine report and
-    feature extraction happen in the datamodule's ``prepare_data`` (rank 0 only under DDP), indexing in its
-    ``setup`` (every rank), and the network is built in the module's ``setup``."""
+    The data transforms' null preprocessing settings are first filled in from the encoder's weights
+    (`resolve_preprocessing`). Nothing here touches the data before the Trainer does: rendering, probing, the
+    quarantine report and feature extraction happen in the datamodule's ``prepare_data`` (rank 0 only under
+    DDP), indexing in its ``setup`` (every rank), and the network is built in the module's ``setup``."""
     started = time.perf_counter()
     check_recipe(cfg)
+    resolve_preprocessing(cfg)  # before anything reads the data config: the checkpoints store what it fills in
     output_dir = Path(cfg.paths.output_dir).resolve()
     resume = None
     if cfg.get("train", True):
