@@ -92,5 +92,5 @@ def test_auto_loader_settings_follow_the_device(kind: str, workers: int, expecte
     assert loader_speed(False, 3, workers, _Device(kind)) == {"pin_memory": False,
                                                               **({"prefetch_factor": 3} if workers else {})}
     assert loader_speed("auto", "auto", workers, None)["pin_memory"] is False  # no trainer: not on a GPU
-    with pytest.raises(ValueError, match="data.pin_memory: expected true/false or 'auto', got 'yes'"):
+    with pytest.raises(ValueError, match=r"data\.pin_memory: expected true/false or 'auto', got 'yes'"):
         loader_speed("yes", "auto", workers, None)

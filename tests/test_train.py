@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from vidlstm.training.callbacks import ThroughputMeter
 from vidlstm.training.train import train
 
 from .conftest import assert_test_metrics_add_up
@@ -53,6 +54,11 @@ def test_training_writes_checkpoints_metrics_and_plots(make_config) -> None:
     per_class = [confusion[i][i] / sum(confusion[i]) for i in range(8)]
     assert abs(sum(per_class) / 8 - saved["test/mean_class_acc"]) < 1e-6
     assert saved["test/per_class_acc"] == pytest.approx(dict(zip(saved["class_names"], per_class, strict=True)))
+    meter = next(c for c in objects["callbacks"] if isinstance(c, ThroughputMeter))
+    assert meter.clips == 2 * len(objects["datamodule"].splits["train"])  # every training clip, both epochs
+    assert saved["train/clips_per_s"] == pytest.approx(meter.clips / (meter.wait_s + meter.step_s), rel=1e-3)
+    assert saved["train/data_wait_share"] == pytest.approx(meter.wait_s / (meter.wait_s + meter.step_s), abs=1e-4)
+    assert {"train/epoch_clips_per_s", "train/epoch_data_wait"} <= set(rows[0])
 
 
 def test_checkpoint_is_safe_to_load_and_rebuilds_the_model(make_config) -> None:

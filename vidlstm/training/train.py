@@ -22,7 +22,7 @@ from vidlstm.common.plots import plot_attention, plot_confusion_matrix, plot_cur
 from vidlstm.data.datamodule import VideoDataModule
 from vidlstm.models.encoders import FrameEncoder
 from vidlstm.models.registry import build_encoder, build_network
-from vidlstm.training.callbacks import BadVideoMonitor, EpochTimer, NetworkBuilder
+from vidlstm.training.callbacks import BadVideoMonitor, EpochTimer, NetworkBuilder, ThroughputMeter
 from vidlstm.training.features import FeatureCache, FeatureDataModule
 from vidlstm.training.module import VideoClassifier
 from vidlstm.training.preprocessing import resolve_preprocessing
@@ -46,6 +46,7 @@ def _plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
 
 # Keys of a scheduler config that tell Lightning how to step it rather than construct it.
 SCHEDULER_STEPPING = ("interval", "monitor")
+DATA_WAIT_WARNING = 0.3  # share of training time spent waiting for data past which the run says so
 
 
 def build_module(cfg: DictConfig, seed: int | None = None, class_names: list[str] | None = None,
@@ -76,6 +77,7 @@ def build_module(cfg: DictConfig, seed: int | None = None, class_names: list[str
         hparams={**_plain(cfg, "data", "model", "optimizer", "scheduler", "trainer"), "seed": seed},
         fingerprint=config_fingerprint(cfg),
         class_counts=class_counts,
+        compile=bool(cfg.model.get("compile", False)),
     )
 
 
@@ -86,8 +88,8 @@ def _class_weights(setting: Any) -> list[float] | str | None:
 
 
 # Settings that change how fast a run goes, never what it computes: a run may resume with other values.
-RUN_ONLY_DATA_KEYS = ("num_workers", "persistent_workers", "pin_memory", "probe_workers", "probe_cache",
-                      "quarantine_report", "eval_batch_size", "decode_timeout_s")
+RUN_ONLY_DATA_KEYS = ("num_workers", "persistent_workers", "pin_memory", "prefetch_factor", "probe_workers",
+                      "probe_cache", "quarantine_report", "eval_batch_size", "decode_timeout_s")
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -99,6 +101,7 @@ def config_fingerprint(cfg: DictConfig) -> str:
     plain = _plain(masked, "data", "model")
     for key in RUN_ONLY_DATA_KEYS:
         plain.get("data", {}).pop(key, None)
+    plain.get("model", {}).pop("compile", None)  # how the network runs, not what it is
     if isinstance(plain.get("data", {}).get("prepare"), dict):
         plain["data"]["prepare"].pop("workers", None)
     return hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
@@ -199,6 +202,19 @@ def _run_seed(seed: int | None) -> int:
     return L.seed_everything(seed, workers=True, verbose=False)
 
 
+def _supported_precision(trainer_cfg: DictConfig) -> Any:
+    """The configured precision, except bf16 on CUDA GPUs that lack it (before Ampere): 16-mixed instead, said
+    in the log (the GPU configs default to bf16-mixed)."""
+    precision = trainer_cfg.get("precision", "32-true")
+    on_cuda = str(trainer_cfg.get("accelerator")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if str(precision).startswith("bf16") and on_cuda and not torch.cuda.is_bf16_supported():
+        fallback = str(precision).replace("bf16", "16")
+        log.warning("trainer.precision=%s: %s has no bf16 support; training with %s", precision,
+                    torch.cuda.get_device_name(), fallback)
+        return fallback
+    return precision
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and test as configured. Returns (summary metrics, objects built) so tests can inspect both.
 
@@ -226,7 +242,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if videos.feature_cache:
         datamodule = feature_datamodule(videos, module, encoder, str(monitor.report_path) if monitor else None)
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     precision=_supported_precision(cfg.trainer))
     objects = {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer,
                "callbacks": callbacks, "loggers": loggers}
 
@@ -243,6 +260,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     timers = [c for c in callbacks if isinstance(c, EpochTimer) and c.epoch_times_s]
     if timers:
         summary["epoch_time_s"] = statistics.median(timers[0].epoch_times_s)
+    for meter in (c for c in callbacks if isinstance(c, ThroughputMeter)):
+        summary.update(meter.totals())
+        if summary.get("train/data_wait_share", 0) > DATA_WAIT_WARNING:
+            log.warning("Training waited for data %.0f%% of the time: see the README's 'Is training waiting for "
+                        "data?' for what to change", 100 * summary["train/data_wait_share"])
     best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
         if not best_ckpt:

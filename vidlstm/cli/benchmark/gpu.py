@@ -41,8 +41,8 @@ def resnet_lstm(num_classes: int = 8, channels_last: bool = True) -> torch.nn.Mo
 def train_steps(net: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
                 precision: str, steps: int, warmup: int = 3) -> dict[str, float]:
     """Train ``net`` on ``steps`` batches after ``warmup`` untimed ones: {"clips_per_s", "data_wait" (share),
-    "clips", "wait_s", "step_s"} where the wait is the time spent getting the next batch onto ``device`` (fetch + non-blocking copy) and the rest is
-    the step, each ending with a device synchronisation."""
+    "clips", "wait_s", "step_s"} where the wait is the time spent getting the next batch onto ``device`` (fetch
+    + non-blocking copy) and the rest is the step, each ending with a device synchronisation."""
     net = net.to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     dtype = PRECISIONS[precision]
