@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vidlstm.data.transforms import eval_transform, train_transform
@@ -30,3 +31,27 @@ def test_eval_transform_is_deterministic_centre_crop_normalised() -> None:
     assert out.min() >= 0.0 and out.max() <= 1.0
     normalised = eval_transform(64)(_clip())
     torch.testing.assert_close(normalised[:, 0], (out[:, 0] - 0.485) / 0.229)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: eval_transform(48),
+    lambda: eval_transform(32, resize=40, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), interpolation="bicubic"),
+    lambda: train_transform(32, resize=40, hflip=True, color_jitter=0.3),
+])
+def test_the_fused_normalisation_equals_the_v2_pipeline(make) -> None:
+    from torchvision import tv_tensors
+
+    transform = make()
+    assert transform._shift is not None  # the fused path is the one under test
+    clip = torch.randint(0, 256, (5, 3, 48, 64), dtype=torch.uint8)
+    torch.manual_seed(3)
+    fused = transform(clip)
+    torch.manual_seed(3)
+    reference = transform.pipeline(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
+    assert fused.dtype == torch.float32 and fused.shape == reference.shape
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    as_float = clip.float() / 255  # not uint8: the whole pipeline runs (ToDtype does not rescale floats)
+    torch.manual_seed(3)
+    got = transform(as_float)
+    torch.manual_seed(3)
+    torch.testing.assert_close(got, transform.pipeline(tv_tensors.Video(as_float)).as_subclass(torch.Tensor))
