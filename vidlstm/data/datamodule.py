@@ -16,7 +16,8 @@ from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, carve_splits
 from vidlstm.data.probe import append_bad_videos, probe_records
-from vidlstm.data.video import AUTO_ORDER
+from vidlstm.data.video import AUTO_ORDER, backend_available
+from vidlstm.data.video.auto import GPU_BACKENDS
 from vidlstm.utils.seeding import derived_seed
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,22 @@ def loader_speed(pin_memory: bool | str, prefetch_factor: int | str, num_workers
     return settings
 
 
+def _check_decode_device(decode_device: str, backend: str, num_workers: int) -> None:
+    """Refuse GPU decoding settings that cannot work, with the setting to change."""
+    if decode_device not in ("cpu", "cuda"):
+        raise ValueError(f"data.decode_device: expected 'cpu' or 'cuda', got {decode_device!r}")
+    if decode_device == "cpu":
+        return
+    if num_workers:
+        raise ValueError("data.decode_device=cuda decodes in the main process (CUDA does not work in forked "
+                         f"DataLoader workers): set data.num_workers=0 (got {num_workers})")
+    if backend not in ("auto", *GPU_BACKENDS):
+        raise ValueError(f"data.decode_device=cuda needs data.backend=auto or one of {GPU_BACKENDS}, got {backend!r}")
+    if not backend_available("torchcodec"):
+        raise ValueError("data.decode_device=cuda decodes with torchcodec, which is not installed or cannot load "
+                         "here (pip install -e '.[torchcodec]' and system FFmpeg)")
+
+
 class SplitLoaders:
     """Lightning's train/val/test loader hooks, all served by the class's ``_loader(split)``."""
 
@@ -129,6 +146,9 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             out, never replaced; see `vidlstm.training.callbacks.BadVideoMonitor`).
         max_retries: replacements tried in a row for one training sample before giving up.
         num_workers / persistent_workers: DataLoader worker processes, kept alive between epochs.
+        decode_device: "cpu", or "cuda": decode with torchcodec's GPU decoder (NVDEC) on the training GPU and
+            transform there, in the main process (``num_workers=0``); pays for high-resolution video, where CPU
+            decoding cannot keep up. Files torchcodec refuses are decoded on the CPU and moved to the GPU.
         pin_memory / prefetch_factor: True/False and batches per worker, or "auto": on for CUDA and 4 batches,
             off and 2 on a CPU (see `loader_speed`).
         decode_timeout_s: a video whose probing, opening or decoding takes longer fails.
@@ -171,6 +191,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         persistent_workers: bool = True,
         backend: str = "auto",
         backend_order: Sequence[str] = AUTO_ORDER,
+        decode_device: str = "cpu",
         max_bad_fraction: float = 0.05,
         max_retries: int = 10,
         decode_timeout_s: float | None = 60.0,
@@ -205,6 +226,8 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         loader_speed(pin_memory, prefetch_factor, num_workers, None)  # a bad value fails here, not at fit time
         self.persistent_workers = persistent_workers and num_workers > 0
         self.backend, self.backend_order = backend, tuple(backend_order)
+        self.decode_device = decode_device
+        _check_decode_device(decode_device, backend, num_workers)
         self.max_bad_fraction, self.max_retries = max_bad_fraction, max_retries
         self.decode_timeout_s = decode_timeout_s
         self.frame_cache = FrameCache(frame_cache, frame_cache_size or image_size) if frame_cache else None
@@ -309,7 +332,18 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             self.frame_cache,
             self.backend_order,
             replace_failures=train,
+            decode_device=self._decode_device(),
         )
+
+    def _decode_device(self) -> str:
+        """"cpu", or for decode_device=cuda the GPU this process trains on."""
+        if self.decode_device == "cpu":
+            return "cpu"
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is None or device.type != "cuda":
+            raise ValueError(f"data.decode_device=cuda needs training on a GPU (trainer=gpu); this run is on "
+                             f"{device or 'no trainer'}")
+        return str(device)
 
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
@@ -322,7 +356,8 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers,
             collate_fn=collate_clips,
-            **loader_speed(self.pin_memory, self.prefetch_factor, self.num_workers, self.trainer),
+            **loader_speed(self.pin_memory if self.decode_device == "cpu" else False, self.prefetch_factor,
+                           self.num_workers, self.trainer),  # frames decoded on the GPU are already there
         )
 
     def state_dict(self) -> dict[str, Any]:

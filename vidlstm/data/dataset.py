@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from vidlstm.data.cache import FrameCache
 from vidlstm.data.index import VideoRecord, segment_frames
@@ -54,7 +54,9 @@ class VideoClipDataset(Dataset):
     augmentation then draw from a generator seeded with ``seed`` instead of the worker's global one.
 
     Readers are opened inside ``__getitem__`` (so inside DataLoader workers) and closed straight after: no
-    decoder state is ever shared across forked processes.
+    decoder state is ever shared across forked processes. ``decode_device`` "cuda[:n]" decodes with torchcodec's
+    GPU decoder where it suits the file (others are decoded on the CPU and moved there) and transforms on the GPU;
+    that runs in the main process only (``num_workers=0``).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class VideoClipDataset(Dataset):
         frame_cache: FrameCache | None = None,
         backend_order: Sequence[str] = AUTO_ORDER,
         replace_failures: bool = False,
+        decode_device: str = "cpu",
     ) -> None:
         self.records = list(records)
         self.class_to_idx = {name: i for i, name in enumerate(class_names)}
@@ -80,6 +83,7 @@ class VideoClipDataset(Dataset):
         self.frame_cache = frame_cache
         self.backend_order = tuple(backend_order)
         self.replace_failures = replace_failures
+        self.decode_device = decode_device
 
     def __len__(self) -> int:
         return len(self.records)
@@ -99,11 +103,16 @@ class VideoClipDataset(Dataset):
             cached = self.frame_cache.frames(record, self.backend, self.timeout_s)
             clips, multi = self._sample(len(cached))
             picked = np.ascontiguousarray(cached[[i for clip in clips for i in clip]])
-            return clips, multi, torch.from_numpy(picked).permute(0, 3, 1, 2).contiguous()  # NCHW: faster transforms
-        with open_video(record.path, self.backend, self.backend_order, self.timeout_s) as reader:
+            frames = torch.from_numpy(picked).permute(0, 3, 1, 2).contiguous()  # NCHW: faster transforms
+            return clips, multi, frames.to(self.decode_device)
+        if self.decode_device != "cpu" and get_worker_info() is not None:
+            raise RuntimeError(f"decoding on {self.decode_device} runs in the main process only (CUDA does not work "
+                               "in forked DataLoader workers): set data.num_workers=0")
+        with open_video(record.path, self.backend, self.backend_order, self.timeout_s, self.decode_device) as reader:
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
             clips, multi = self._sample(stop - first)
-            return clips, multi, reader.get_frames([first + i for clip in clips for i in clip])
+            frames = reader.get_frames([first + i for clip in clips for i in clip])
+            return clips, multi, frames.to(self.decode_device)  # files the GPU decoder refuses come from the CPU
 
     def load_clip(self, record: VideoRecord) -> torch.Tensor:
         clips, multi, frames = self._frames(record)

@@ -37,7 +37,10 @@ class ClipTransform:
             return self.pipeline(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
         if self._geometric is not None:
             clip = self._geometric(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
-        return clip.to(torch.float32).sub_(self._shift).mul_(self._scale)
+        shift, scale = self._shift, self._scale
+        if clip.device != shift.device:  # frames decoded on a GPU
+            shift, scale = shift.to(clip.device), scale.to(clip.device)
+        return clip.to(torch.float32).sub_(shift).mul_(scale)
 
     def __repr__(self) -> str:
         return f"ClipTransform({self.pipeline})"

@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -180,8 +179,9 @@ class ThroughputMeter(L.Callback):
     which the loop fetches the batch from the DataLoader; the rest is the step itself (on CUDA the device is
     synchronised at each step's end, as Lightning's ThroughputMonitor does, so queued kernels count as step time,
     not as waiting). Both show in the progress bar (``train/clips_per_s``, ``train/data_wait`` over the last
-    ``window`` steps; clips/s from Lightning's `Throughput`, all ranks together under DDP) and are logged per
-    epoch; ``totals()`` gives the whole run's numbers, which train() puts in summary.json.
+    ``window`` steps; clips/s of all ranks together under DDP, estimated as this rank's times the world size)
+    and are logged per epoch; ``totals()`` gives the whole run's numbers (summed over ranks), which train() puts
+    in summary.json. (Lightning's `Throughput` does not fit: it refuses a step whose clips all failed to decode.)
     """
 
     def __init__(self, window: int = 10) -> None:
@@ -191,16 +191,12 @@ class ThroughputMeter(L.Callback):
         self.clips = 0
         self.wait_s = 0.0
         self.step_s = 0.0
-        self._recent: deque[tuple[float, float]] = deque(maxlen=window)  # (wait, step) of the last steps
-        self._throughput: Throughput | None = None
+        self._recent: deque[tuple[float, float, int]] = deque(maxlen=window)  # (wait, step, clips) of the last steps
         self._last_end: float | None = None
         self._step_started = 0.0
         self._epoch = (0, 0.0, 0.0)  # clips, wait, step at the epoch's start
         self._wait = 0.0
         self._totals: dict[str, float] = {}
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._throughput = Throughput(world_size=trainer.world_size, window_size=self.window)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = time.perf_counter()
@@ -219,21 +215,19 @@ class ThroughputMeter(L.Callback):
         now = time.perf_counter()
         step = now - self._step_started
         self._last_end = now
-        self.clips += _clips_in(batch)
+        clips = _clips_in(batch)
+        self.clips += clips
         self.wait_s += self._wait
         self.step_s += step
-        self._recent.append((self._wait, step))
-        assert self._throughput is not None
-        self._throughput.update(time=self.wait_s + self.step_s, batches=trainer.global_step + 1,
-                                samples=self.clips)
-        rate = self._throughput.compute().get("device/samples_per_sec")
-        waited = sum(w for w, _ in self._recent)
-        total = waited + sum(s for _, s in self._recent)
-        if rate is not None:
+        self._recent.append((self._wait, step, clips))
+        waited = sum(w for w, _, _ in self._recent)
+        total = waited + sum(s for _, s, _ in self._recent)
+        if total > 0:
+            rate = sum(c for _, _, c in self._recent) / total
             pl_module.log("train/clips_per_s", rate * trainer.world_size, prog_bar=True, on_step=True,
                           on_epoch=False, rank_zero_only=True)
-        pl_module.log("train/data_wait", waited / total if total else 0.0, prog_bar=True, on_step=True,
-                      on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/data_wait", waited / total, prog_bar=True, on_step=True, on_epoch=False,
+                          rank_zero_only=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         clips, wait_s, step_s = (self.clips - self._epoch[0], self.wait_s - self._epoch[1],

@@ -58,36 +58,48 @@ def available_backends() -> list[str]:
     return [name for name in AUTO_ORDER if backend_available(name)]
 
 
+# Backends that can decode on a GPU (``open_video(device=...)``).
+GPU_BACKENDS = ("torchcodec",)
+
+
 def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[str] = AUTO_ORDER,
-               timeout_s: float | None = DEFAULT_TIMEOUT_S) -> VideoReader:
+               timeout_s: float | None = DEFAULT_TIMEOUT_S, device: str = "cpu") -> VideoReader:
     """Open ``path`` with ``backend``, or with "auto": the first backend in ``order`` that is installed, suits
     the file (see `VideoReader.unsuitable_reason`: codecs it decodes wrongly, and for backends that map indices
     through the container's index, variable frame rate and hidden frames) and opens it. ``reader.backend`` says
     which one served.
-    Probing, opening and each `get_frames` call are limited to ``timeout_s`` seconds (None: no limit)."""
+    Probing, opening and each `get_frames` call are limited to ``timeout_s`` seconds (None: no limit).
+    ``device`` other than "cpu" (e.g. "cuda:0") decodes with a `GPU_BACKENDS` backend on that device where one
+    suits the file ("auto" then falls back to the CPU backends, whose frames stay on the CPU)."""
     path = Path(path)
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose from {['auto', *BACKENDS]}")
+    if device != "cpu" and backend not in ("auto", *GPU_BACKENDS):
+        raise ValueError(f"video backend {backend!r} decodes on the CPU only; GPU decoding: {GPU_BACKENDS}")
     facts = stream_facts(path, timeout_s, _readable_file_stat(path))
     if backend != "auto":
         if not backend_available(backend):
             raise VideoDecodeError(path, f"video backend {backend!r} is not installed or cannot load")
-        return _open_with(backend, path, facts, timeout_s)
+        return _open_with(backend, path, facts, timeout_s, device)
     reasons = []
-    for name in (n for n in order if backend_available(n)):
+    gpu_first = [n for n in GPU_BACKENDS if n in order] if device != "cpu" else []
+    tries = [(n, device) for n in gpu_first] + [(n, "cpu") for n in order if n not in gpu_first]
+    for name, on in ((n, d) for n, d in tries if backend_available(n)):
         if _stuck_before(path, name):
             reasons.append(f"{name}: got stuck on this file earlier in this process")
             continue
         try:
-            return _open_with(name, path, facts, timeout_s)
+            return _open_with(name, path, facts, timeout_s, on)
         except VideoDecodeError as err:
-            reasons.append(f"{name}: {err.reason}")
+            reasons.append(f"{name}{'' if on == 'cpu' else f' on {on}'}: {err.reason}")
     raise VideoDecodeError(path, "; ".join(reasons) or "no video backend installed")
 
 
-def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None) -> VideoReader:
+def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None, device: str = "cpu"
+               ) -> VideoReader:
+    options = {"device": device} if device != "cpu" else {}
     try:
-        reader = _limited(BACKENDS[name], lambda: BACKENDS[name](str(path), facts), timeout_s, path,
+        reader = _limited(BACKENDS[name], lambda: BACKENDS[name](str(path), facts, **options), timeout_s, path,
                           f"opening with {name}")
     except VideoDecodeError:
         raise

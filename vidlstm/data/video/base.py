@@ -118,7 +118,7 @@ class VideoReader(ABC):
         if self.facts.rotation and not self.applies_rotation:
             decoded = torch.rot90(decoded, k=self.facts.rotation // 90, dims=(2, 3))
         position = {frame: row for row, frame in enumerate(unique)}
-        order = torch.as_tensor([position[i] for i in wanted])
+        order = torch.as_tensor([position[i] for i in wanted], device=decoded.device)
         return decoded.index_select(0, order).contiguous()
 
     def info(self) -> VideoInfo:

@@ -50,11 +50,14 @@ class TorchCodecReader(VideoReader):
                 return reason
         return super().unsuitable_reason(facts)
 
-    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None, device: str = "cpu") -> None:
         super().__init__(path, facts)
         from torchcodec.decoders import VideoDecoder
 
-        self._decoder = VideoDecoder(self.path, stream_index=self.facts.stream_index, seek_mode="exact")
+        # device "cuda[:n]": NVDEC decodes and frames stay in that GPU's memory (main process only: CUDA does not
+        # survive the fork into DataLoader workers)
+        self._decoder = VideoDecoder(self.path, stream_index=self.facts.stream_index, seek_mode="exact",
+                                     device=device)
         self._meta = self._decoder.metadata
         turns = round(getattr(self._meta, "rotation", None) or 0) % 360
         if turns != self.facts.rotation:
