@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from vidlstm.inference.batch import predict_folder
+from vidlstm.inference.batch import predict_folder, segments_path
 from vidlstm.inference.distributed import predict_distributed
 from vidlstm.inference.predictor import Predictor
 
@@ -27,8 +27,11 @@ def main(cfg: DictConfig) -> dict:
         log.info("%d videos (%d already done) on %d processes -> %s", stats["videos"], stats["skipped"],
                  stats["world_size"], stats["output"])
         return stats
+    segments = segments_path(cfg.output, cfg.segments_output) if cfg.window is not None else None
     stats = predict_folder(predictor, cfg.input, cfg.output, cfg.batch_size, cfg.num_workers, cfg.window,
-                           cfg.stride, cfg.resume)
+                           cfg.stride, cfg.resume, segments, OmegaConf.to_container(cfg.segments))
+    if segments is not None:
+        log.info("Action segments -> %s", segments)
     log.info("%d ok, %d errors, %d already done; %.2f videos/s -> %s", stats["ok"], stats["error"],
              stats["skipped"], stats["videos_per_s"], stats["output"])
     return stats

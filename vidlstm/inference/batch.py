@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vidlstm.data.index import _read_lines, _resolve, split_list_line
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
+from vidlstm.inference.segments import segments_of
 from vidlstm.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class _Clips(IterableDataset):
             with self.predictor.open(self.paths[video]) as reader:
                 spans = windows(reader.num_frames, reader.fps, self.window_s, self.stride_s or self.window_s)
                 for w in spans:  # one window decoded at a time: memory stays flat for long videos
-                    clips = self.predictor.video_clips(reader, w.first, w.stop, 1)
+                    clips = self.predictor.window_clip(reader, w)
                     yield Unit(video, w.index, w.count, clips, w.stop - w.first, w.start_s, w.end_s,
                                video_frames=reader.num_frames)
         except VideoDecodeError as err:  # anything else is a bug and must stop the run, not fill it with errors
@@ -137,6 +138,8 @@ class PredictionWriter:
         self.path = Path(path)
         self.format = "jsonl" if self.path.suffix.lower() in (".jsonl", ".json") else "csv"
         self.fields = PREDICTION_FIELDS + (WINDOW_FIELDS if windowed else ())
+        self.segments: SegmentWriter | None = None  # window mode: where each video's segments go
+        self.segment_settings: dict[str, Any] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done = self._recover()
         self.handle = open(self.path, "a", newline="")  # noqa: SIM115 - kept open across videos, closed by close()
@@ -169,17 +172,59 @@ class PredictionWriter:
         self.handle.close()
 
 
+class SegmentWriter:
+    """Window mode's action segments as JSONL, one line per segment with the video's ``path``, written (and
+    flushed) before that video's rows. On open it keeps only the segments of videos whose rows ``output``
+    already holds, so a rerun after a kill writes each video's segments once."""
+
+    def __init__(self, path: str | os.PathLike, done: set[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.endswith("\n") and json.loads(line).get("path") in done]
+            if kept != lines:
+                self.path.write_text("".join(kept))
+        self.handle = open(self.path, "a")  # noqa: SIM115 - kept open across videos, closed by close()
+
+    def write(self, path: str, segments: list[dict[str, Any]]) -> None:
+        for segment in segments:
+            self.handle.write(json.dumps({"path": path, **segment}) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def segments_path(output: str | os.PathLike, setting: str | os.PathLike | None) -> Path | None:
+    """Where window mode writes segments: ``setting``, or for "auto" ``<output minus suffix>.segments.jsonl``."""
+    if setting is None:
+        return None
+    if str(setting) == "auto":
+        return Path(output).with_suffix(".segments.jsonl")
+    return Path(setting)
+
+
 def predict_folder(predictor: Predictor, source: str | os.PathLike, output: str | os.PathLike,
                    batch_size: int = 8, num_workers: int = 2, window_s: float | None = None,
-                   stride_s: float | None = None, resume: bool = True) -> dict[str, Any]:
+                   stride_s: float | None = None, resume: bool = True,
+                   segments_output: str | os.PathLike | None = None,
+                   segment_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predict every video of ``source`` into ``output``; returns counts and timing.
 
     With ``resume`` (default) videos already in ``output`` are skipped; without it ``output`` is replaced.
+    In window mode with ``segments_output`` each video's action segments (`vidlstm.inference.segments`, with
+    ``segment_settings``) go there as JSONL.
     """
     paths = gather_inputs(source)
-    if not resume and Path(output).exists():
-        Path(output).unlink()
+    if not resume:
+        for stale in (output, segments_output):
+            if stale is not None and Path(stale).exists():
+                Path(stale).unlink()
     writer = PredictionWriter(output, windowed=window_s is not None)
+    if window_s is not None and segments_output is not None:
+        writer.segments = SegmentWriter(segments_output, writer.done)
+        writer.segment_settings = segment_settings or {}
     todo = [p for p in paths if p not in writer.done]
     log.info("%d videos found, %d already in %s, %d to predict", len(paths), len(paths) - len(todo), output,
              len(todo))
@@ -203,6 +248,8 @@ def predict_folder(predictor: Predictor, source: str | os.PathLike, output: str 
                            description=f"Predicting ({done / max(time.perf_counter() - started, 1e-9):.1f} videos/s)")
     finally:
         writer.close()
+        if writer.segments is not None:
+            writer.segments.close()
         torch.set_num_threads(threads)
     elapsed = time.perf_counter() - started
     return {**counts, "skipped": len(paths) - len(todo), "seconds": round(elapsed, 2),
@@ -232,6 +279,11 @@ def _finish(predictor: Predictor, unit: Unit, rows: list[dict], paths: Sequence[
     if unit.start_s != "":  # window mode: the windows, then the video-level row
         probs = torch.stack([r["_probs"] for r in rows]).mean(0)
         summary = predictor.row(paths[unit.video], probs, unit.video_frames)
-        rows = [*sorted(rows, key=lambda r: r["start_s"]), {**summary, "start_s": "", "end_s": ""}]
+        rows = sorted(rows, key=lambda r: r["start_s"])
+        if writer.segments is not None:
+            segments = segments_of([(r["start_s"], r["end_s"], r["_probs"]) for r in rows], predictor.class_names,
+                                   **writer.segment_settings)
+            writer.segments.write(paths[unit.video], segments)
+        rows = [*rows, {**summary, "start_s": "", "end_s": ""}]
     writer.write([{k: v for k, v in r.items() if k != "_probs"} for r in rows])
     counts["ok"] += 1

@@ -4,17 +4,18 @@ names, model, sampling and transform settings) read from the checkpoint itself."
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from vidlstm.common.checkpoint import build_net, load_checkpoint
-from vidlstm.data.sampling import MultiClipSampler
+from vidlstm.common.checkpoint import CheckpointError, build_net, load_checkpoint
+from vidlstm.data.sampling import DenseClipSampler, MultiClipSampler, UniformSegmentSampler
 from vidlstm.data.transforms import eval_transform
 from vidlstm.data.video import DEFAULT_TIMEOUT_S, VideoDecodeError, VideoReader, open_video
 
@@ -34,21 +35,69 @@ class Window:
     end_s: float
 
 
+def window_span(start: float, window_s: float, num_frames: int, fps: float) -> tuple[int, int, float]:
+    """Frames [first, stop) and end time of the window starting at ``start`` seconds in a video of
+    ``num_frames`` frames at ``fps`` (the end is cut at the video's end). Streaming calls it with the frames
+    received so far: a window that ends before them gets the same span as in the whole video."""
+    duration = num_frames / fps if fps > 0 else 0.0
+    end = min(start + window_s, duration) if duration else window_s
+    first = min(round(start * fps), num_frames - 1)
+    stop = max(first + 1, min(num_frames, round(end * fps)))
+    return first, stop, end
+
+
+def window_count(num_frames: int, fps: float, window_s: float, stride_s: float) -> int:
+    """How many windows of ``window_s`` every ``stride_s`` seconds cover the video (at least one)."""
+    duration = num_frames / fps if fps > 0 else 0.0
+    return max(1, math.ceil(max(duration - window_s, 0.0) / stride_s) + 1)
+
+
 def windows(num_frames: int, fps: float, window_s: float, stride_s: float) -> list[Window]:
     """Windows of ``window_s`` seconds every ``stride_s`` seconds covering the video (the last one may be
     shorter; a video shorter than one window is one window)."""
     if window_s <= 0 or stride_s <= 0:
         raise ValueError(f"window and stride must be positive, got {window_s}, {stride_s}")
-    duration = num_frames / fps if fps > 0 else 0.0
-    starts = [k * stride_s for k in range(max(1, math.ceil(max(duration - window_s, 0.0) / stride_s) + 1))]
-    spans = []
-    for start in starts:
-        end = min(start + window_s, duration) if duration else window_s
-        first = min(round(start * fps), num_frames - 1)
-        stop = max(first + 1, min(num_frames, round(end * fps)))
-        spans.append((first, stop, start, end))
-    return [Window(i, len(spans), first, stop, round(start, 3), round(end, 3))
-            for i, (first, stop, start, end) in enumerate(spans)]
+    count = window_count(num_frames, fps, window_s, stride_s)
+    spans = [(start, *window_span(start, window_s, num_frames, fps)) for start in
+             (k * stride_s for k in range(count))]
+    return [Window(i, count, first, stop, round(start, 3), round(end, 3))
+            for i, (start, first, stop, end) in enumerate(spans)]
+
+
+# Samplers a checkpoint's ``data.eval_sampler`` may name for window clips: Hydra target -> (class, settings
+# read with their types). A literal table: a checkpoint names nothing else (see vidlstm.common.checkpoint).
+WINDOW_SAMPLERS: dict[str, tuple[type, dict[str, type]]] = {
+    "vidlstm.data.sampling.UniformSegmentSampler": (UniformSegmentSampler, {"offset": float}),
+    "vidlstm.data.sampling.DenseClipSampler": (DenseClipSampler, {"frame_interval": int, "short_video": str,
+                                                                  "position": float}),
+}
+
+
+def eval_clip_sampler(setting: Any, num_frames: int, where: str = "checkpoint") -> Callable[[int], list[int]]:
+    """The clip sampler of a checkpoint's ``data.eval_sampler`` (None: the default, the centre frame of each of
+    ``num_frames`` equal segments), without jitter: window mode samples each window's clip the way validation
+    sampled a video. Raises `CheckpointError` for a sampler outside `WINDOW_SAMPLERS` or a wrongly typed value."""
+    if setting is None:
+        return UniformSegmentSampler(num_frames)
+    target = setting.get("_target_") if isinstance(setting, dict) else None
+    if target not in WINDOW_SAMPLERS:
+        raise CheckpointError(f"{where}: data.eval_sampler: {target!r} is not a clip sampler window mode knows; "
+                              f"known: {sorted(WINDOW_SAMPLERS)}")
+    cls, types = WINDOW_SAMPLERS[target]
+    kwargs = {}
+    for key, value in setting.items():
+        if key in ("_target_", "_partial_", "jitter"):
+            continue
+        if key not in types:
+            raise CheckpointError(f"{where}: data.eval_sampler.{key}: not a setting of {cls.__name__}")
+        kind = types[key]
+        if isinstance(value, bool) or not isinstance(value, int | float if kind is float else kind):
+            raise CheckpointError(f"{where}: data.eval_sampler.{key}: expected {kind.__name__}, got {value!r}")
+        kwargs[key] = kind(value)
+    try:
+        return cls(num_frames, jitter=False, **kwargs)
+    except ValueError as err:
+        raise CheckpointError(f"{where}: data.eval_sampler: {err}") from err
 
 
 class Predictor:
@@ -67,6 +116,9 @@ class Predictor:
         self.num_clips, self.top_k = num_clips, min(top_k, len(self.class_names))
         self.backend, self.timeout_s = backend, timeout_s
         self.sampler = MultiClipSampler(num_frames, num_clips, clip="segments")
+        # data.eval_sampler of the checkpoint (set by from_checkpoint; None: the default segment centres)
+        self.eval_sampler_setting: Any = None
+        self.source = "checkpoint"
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", num_clips: int = 3, top_k: int = 5,
@@ -80,8 +132,10 @@ class Predictor:
         transform = eval_transform(data["image_size"], resize=transform_cfg.get("resize"),
                                    mean=transform_cfg.get("mean"), std=transform_cfg.get("std"),
                                    interpolation=transform_cfg.get("interpolation"))
-        return cls(build_net(checkpoint, str(path)), checkpoint["vidlstm"]["class_names"], data["num_frames"],
-                   transform, num_clips, top_k, backend, timeout_s, device)
+        predictor = cls(build_net(checkpoint, str(path)), checkpoint["vidlstm"]["class_names"],
+                        data["num_frames"], transform, num_clips, top_k, backend, timeout_s, device)
+        predictor.eval_sampler_setting, predictor.source = data.get("eval_sampler"), str(path)
+        return predictor
 
     # --- decoding (runs in DataLoader workers for folder runs) ---
     def open(self, path: str | os.PathLike) -> VideoReader:
@@ -98,6 +152,19 @@ class Predictor:
         clips = sampler(stop - first)
         frames = reader.get_frames([first + i for clip in clips for i in clip])
         return torch.stack([self.transform(part) for part in frames.split(self.num_frames)])
+
+    @functools.cached_property
+    def window_sampler(self) -> Callable[[int], list[int]]:
+        """One clip per window, sampled as the checkpoint's eval sampler samples a validation video."""
+        return eval_clip_sampler(self.eval_sampler_setting, self.num_frames, self.source)
+
+    def window_indices(self, first: int, stop: int) -> list[int]:
+        """Frame indices of the clip that scores the window of frames [first, stop)."""
+        return [first + i for i in self.window_sampler(stop - first)]
+
+    def window_clip(self, reader: VideoReader, window: Window) -> torch.Tensor:
+        """Float (1, T, 3, H, W): the clip of one window, decoded in one call."""
+        return self.transform(reader.get_frames(self.window_indices(window.first, window.stop)))[None]
 
     # --- the model ---
     @torch.no_grad()
@@ -147,7 +214,7 @@ class Predictor:
         try:
             with self.open(path) as reader:
                 for window in windows(reader.num_frames, reader.fps, window_s, stride_s or window_s):
-                    p = self.probabilities(self.video_clips(reader, window.first, window.stop, 1)[None])[0]
+                    p = self.probabilities(self.window_clip(reader, window)[None])[0]
                     probs.append(p)
                     rows.append({**self.row(str(path), p, window.stop - window.first),
                                  "start_s": window.start_s, "end_s": window.end_s})
