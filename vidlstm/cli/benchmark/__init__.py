@@ -7,6 +7,8 @@ noisy: compare numbers from the same run, never across runs). One module per ben
     python scripts/benchmark.py train [--encoder resnet18] [--size 112] [--batches 24]
     python scripts/benchmark.py predict [--ckpt best.ckpt] [--videos DIR] [--workers 2]
     python scripts/benchmark.py gpu [--size 224] [--batch-size 16] [--steps 20]
+    python scripts/benchmark.py stream [--encoder mobilenet_v3_small] [--size 112] [--seconds 20] [--fps 30]
+    python scripts/benchmark.py serve [--ckpt best.ckpt] [--requests 48] [--clients 1 8]
 
 Run ``python scripts/benchmark.py <what> --help`` for what each one measures.
 """
@@ -23,6 +25,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "train": ("train", "feature-cache epochs vs end-to-end epochs with a frozen encoder"),
     "predict": ("predict", "folder-run videos/s vs pure decoding and pure model time (overlap)"),
     "gpu": ("gpu", "training clips/s in fp32 and bf16, data-wait share, CPU vs GPU decoding"),
+    "stream": ("stream", "live streaming: frames/s, real-time factor, drops and lag on a 30 frames/s source"),
+    "serve": ("serve", "HTTP serving: requests/s and p50/p95 latency for 1 and 8 concurrent clients"),
 }
 
 

@@ -1,0 +1,34 @@
+"""`vidlstm-serve` / `python scripts/serve.py`: serve a checkpoint over HTTP (LitServe): ``POST /predict`` with a
+video (raw body or multipart field ``file``), ``GET /health``."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vidlstm.common.checkpoint import load_checkpoint
+from vidlstm.inference.serve import ServeSettings, build_server
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://vidlstm.conf", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    load_checkpoint(cfg.ckpt_path)  # a wrong path or file fails here with its reason, before any process starts
+    settings = ServeSettings(
+        ckpt_path=str(cfg.ckpt_path), device=cfg.device, max_batch_size=cfg.max_batch_size,
+        batch_timeout_s=cfg.batch_timeout_s, max_clips_per_call=cfg.max_clips_per_call,
+        workers_per_device=cfg.workers_per_device, num_clips=cfg.num_clips, top_k=cfg.top_k, backend=cfg.backend,
+        decode_timeout_s=cfg.decode_timeout_s, decode_workers=cfg.decode_workers, max_upload_mb=cfg.max_upload_mb,
+        max_windows=cfg.max_windows, allowed_root=cfg.allowed_root, upload_dir=cfg.upload_dir,
+        request_timeout_s=cfg.request_timeout_s, segments=OmegaConf.to_container(cfg.segments))
+    server = build_server(settings)
+    log.info("Serving %s on http://%s:%d (POST /predict, GET /health)", cfg.ckpt_path, cfg.host, cfg.port)
+    server.run(host=cfg.host, port=cfg.port, num_api_servers=cfg.api_servers, log_level=cfg.log_level,
+               generate_client_file=False)
+
+
+if __name__ == "__main__":
+    main()
