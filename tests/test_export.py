@@ -58,3 +58,39 @@ def test_onnx_export_matches_pytorch(brightness_checkpoint: Path, sample: Path, 
 def test_export_rejects_unknown_format(brightness_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="format must be one of"):
         export_checkpoint(brightness_checkpoint, "tflite")
+
+
+def test_torch_export_program_matches_pytorch(brightness_checkpoint: Path, sample: Path, tmp_path: Path) -> None:
+    result = export_checkpoint(brightness_checkpoint, "export", "full", tmp_path / "model.pt2", sample)
+    assert result["output"].endswith("model.pt2") and result["max_abs_diff"] <= 1e-4
+    assert "batch 1" in result["checked"] and "batch" in result["dynamic_axes"]
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    assert isinstance(program, torch.export.ExportedProgram)
+    net = build_net(load_checkpoint(brightness_checkpoint))
+    clips = torch.randn(3, 4, 3, 32, 32)  # batch 3: not the traced batch
+    torch.testing.assert_close(program.module()(clips), net(clips), atol=1e-4, rtol=0)
+
+
+CUSTOM_HEADS = {  # heads that run vidlstm's own LSTM cell (stepping through time in Python)
+    "peephole_lstm": ["model/head=peephole_lstm"],
+    "layer_norm_coupled": ["model.head.layer_norm=true", "model.head.coupled_input_forget=true",
+                           "model.head.cell_clip=3.0", "model.head.gate_activation=hard_sigmoid"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", sorted(CUSTOM_HEADS))
+@pytest.mark.parametrize("format", ["export", "torchscript", "onnx"])
+def test_custom_cell_heads_export_in_every_format(head: str, format: str, sample: Path, tmp_path: Path) -> None:
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    from vidlstm.cli.benchmark.stream import random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / f"{head}.ckpt", ["data.image_size=32", "data.num_frames=4",
+                                                          "model.head.hidden_size=16", *CUSTOM_HEADS[head]],
+                             class_names=["bright", "dark"])
+    net = build_net(load_checkpoint(ckpt))
+    assert net.head.recurrent.custom, "the head must run vidlstm's own cell"
+    result = export_checkpoint(ckpt, format, "full", tmp_path / f"{head}.{format}", sample)
+    assert result["max_abs_diff"] <= 1e-4 and result["dynamic_axes"] == ["batch"]  # time fixed: a Python loop
+    assert result["checked"] == ["batch 1", "traced shape"]

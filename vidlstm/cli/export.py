@@ -1,4 +1,4 @@
-"""`vidlstm-export` / `python scripts/export.py`: TorchScript / ONNX export with a parity check."""
+"""`vidlstm-export` / `python scripts/export.py`: TorchScript / ONNX / torch.export export with a parity check."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""Export a checkpoint to TorchScript or ONNX, checked against the PyTorch model on a real decoded clip.
+"""Export a checkpoint to TorchScript, ONNX or torch.export (an ExportedProgram, ``.pt2``), checked against the
+PyTorch model on a real decoded clip.
 
 ``part="full"``: clips (B, T, 3, H, W) float -> logits (B, C). ``part="head"``: trunk features (B, T, D) (what
 `FrameEncoder.trunk_features` gives per frame) -> logits, for pipelines that compute features elsewhere.
 Batch and time axes are dynamic when the head runs torch's LSTM/GRU; vidlstm's own LSTM cell (any variant
-option) steps through time in Python, so its export is fixed to the training clip length.
+option) steps through time in Python, so its export is fixed to the training clip length. TorchScript is
+deprecated by PyTorch; ``torch.export`` is its successor (load with ``torch.export.load(path).module()``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from vidlstm.inference.predictor import Predictor
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "export")
 PARTS = ("full", "head")
 ONNX_OPSET = 18
 
@@ -77,7 +79,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, format: str = "torchscript",
     example = torch.cat([example, example.flip(1)])  # batch 2: two different inputs
     module.eval()
     dynamic_time = _time_is_dynamic(net)
-    suffix = ".onnx" if format == "onnx" else ".pt"
+    suffix = {"onnx": ".onnx", "export": ".pt2"}.get(format, ".pt")
     output = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.{part}{suffix}")
     output.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
@@ -88,6 +90,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, format: str = "torchscript",
                 traced = torch.jit.trace(module, example, check_trace=False)
             traced.save(str(output))
             runner = torch.jit.load(str(output))
+        elif format == "export":
+            runner, dynamic_time = _export_program(module, example, output, dynamic_time)
         else:
             runner = _export_onnx(module, example, output, opset, dynamic_time)
         checks = {"traced shape": example, **_other_inputs(example, dynamic_time)}
@@ -112,15 +116,37 @@ def _other_inputs(example: torch.Tensor, dynamic_time: bool) -> dict[str, torch.
     return checks
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, output: Path, opset: int,
-                 dynamic_time: bool) -> Callable[[torch.Tensor], np.ndarray] | None:
-    """Export, check the file with onnx's checker, and return an onnxruntime runner (None without it)."""
+def _dynamic_shapes(module: nn.Module, dynamic_time: bool) -> dict[str, dict[int, Any]]:
+    """Batch (and, when the head allows it, time) as dynamic dimensions of the module's input."""
     axes = {0: torch.export.Dim("batch", min=1, max=4096)}
     if dynamic_time:
         axes[1] = torch.export.Dim("time", min=2, max=8192)
-    name = next(iter(inspect.signature(module.forward).parameters))
+    return {next(iter(inspect.signature(module.forward).parameters)): axes}
+
+
+def _export_program(module: nn.Module, example: torch.Tensor, output: Path, dynamic_time: bool
+                    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+    """torch.export the module to an ExportedProgram, save it, and return the reloaded program's module and
+    whether its time axis is dynamic. torch.export decomposes nn.LSTM/GRU into a loop over the traced clip
+    length, so where it refuses a dynamic time axis the program keeps the traced length (batch stays dynamic)."""
+    try:
+        program = torch.export.export(module, (example,), dynamic_shapes=_dynamic_shapes(module, dynamic_time))
+    except torch._dynamo.exc.UserError as err:  # "Constraints violated (time)": the graph fixed the length
+        if not dynamic_time or "time" not in str(err):
+            raise
+        dynamic_time = False
+        program = torch.export.export(module, (example,), dynamic_shapes=_dynamic_shapes(module, False))
+    torch.export.save(program, str(output))
+    return torch.export.load(str(output)).module(), dynamic_time
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, output: Path, opset: int,
+                 dynamic_time: bool) -> Callable[[torch.Tensor], np.ndarray] | None:
+    """Export, check the file with onnx's checker, and return an onnxruntime runner (None without it)."""
+    shapes = _dynamic_shapes(module, dynamic_time)
+    name = next(iter(shapes))
     torch.onnx.export(module, (example,), str(output), dynamo=True, opset_version=opset, input_names=[name],
-                      output_names=["logits"], dynamic_shapes={name: axes})
+                      output_names=["logits"], dynamic_shapes=shapes)
     import onnx
 
     onnx.checker.check_model(str(output))
