@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
         workers_per_device=cfg.workers_per_device, num_clips=cfg.num_clips, top_k=cfg.top_k, backend=cfg.backend,
         decode_timeout_s=cfg.decode_timeout_s, decode_workers=cfg.decode_workers, max_upload_mb=cfg.max_upload_mb,
         max_windows=cfg.max_windows, allowed_root=cfg.allowed_root, upload_dir=cfg.upload_dir,
-        request_timeout_s=cfg.request_timeout_s, segments=OmegaConf.to_container(cfg.segments))
+        request_timeout_s=cfg.request_timeout_s, segments=OmegaConf.to_container(cfg.segments), threads=cfg.threads)
     server = build_server(settings)
     log.info("Serving %s on http://%s:%d (POST /predict, GET /health)", cfg.ckpt_path, cfg.host, cfg.port)
     server.run(host=cfg.host, port=cfg.port, num_api_servers=cfg.api_servers, log_level=cfg.log_level,

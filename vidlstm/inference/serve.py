@@ -76,6 +76,7 @@ class ServeSettings:
     upload_dir: str | None = None
     request_timeout_s: float = 120.0
     segments: dict[str, Any] | None = None
+    threads: int | None = None
 
     @property
     def max_bytes(self) -> int:
@@ -207,6 +208,8 @@ class VideoAPI(LitAPI):
 
     def setup(self, device: str) -> None:
         s = self.settings
+        if device == "cpu":  # leave cores to the HTTP process's decoding: oversubscribed cores slow every call
+            torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // 2))
         self.predictor = Predictor.from_checkpoint(s.ckpt_path, device, s.num_clips, s.top_k, s.backend,
                                                    s.decode_timeout_s)
         _, self.to_float = split_transform(self.predictor.transform)

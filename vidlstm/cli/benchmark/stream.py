@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
                  (f"T={args.num_frames}, state=carry", f"data.num_frames={args.num_frames}", "carry")]
         print(f"stream benchmark: {args.encoder} at {args.size} px + LSTM, {args.seconds:g} s source at {args.fps} "
               f"frames/s ({args.width}x{args.height}), window {args.window:g} s every {args.stride:g} s, "
-              f"{torch.get_num_threads()} torch threads (cpus: {os.cpu_count()})")
+              f"{max(1, (os.cpu_count() or 1) - 1)} model thread(s) (cpus: {os.cpu_count()})")
         print(f"  {'clip':28} {'full speed':>22}   {'paced at ' + str(args.fps) + ' frames/s (a live source)':>50}")
         print(f"  {'':28} {'frames/s':>10} {'RT factor':>10}   {'frames/s':>10} {'encoded':>8} {'dropped':>8} "
               f"{'lag p50':>9} {'lag p95':>9}")
