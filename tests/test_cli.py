@@ -47,9 +47,9 @@ def test_wheel_ships_configs_and_console_script(tmp_path: Path) -> None:
     assert {f"vidlstm/conf/{c}" for c in conf} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for name in ("train", "predict", "evaluate", "export", "benchmark"):
+    for name in ("train", "predict", "evaluate", "export", "stream", "serve", "benchmark"):
         assert f"vidlstm-{name} = vidlstm.cli.{name}:main" in scripts
-    assert "vidlstm/inference/predictor.py" in names
+    assert {"vidlstm/inference/predictor.py", "vidlstm/cli/benchmark/stream.py"} <= names
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
