@@ -58,3 +58,11 @@ def test_every_benchmark_has_a_module_with_its_own_help(capsys: pytest.CaptureFi
 def test_in_memory_batches_are_one_batch_repeated() -> None:
     first, second = itertools.islice(in_memory(3, 2, 16, torch.device("cpu")), 2)
     assert first[0] is second[0] and first[0].shape == (3, 2, 3, 16, 16) and first[1].shape == (3,)
+
+
+def test_predict_overlap_ratios_use_each_repeat_s_own_measurements() -> None:
+    from vidlstm.cli.benchmark.predict import overlaps
+
+    results = {"decode": [(10.0, 18.0), (12.0, 20.0)], "model": [(6.0, 6.0), (14.0, 8.0)],
+               "run": [(16.0, 25.0), (14.0, 28.0)]}
+    assert overlaps(results, cores=2) == [(10 / 16, 24 / 32), (14 / 14, 28 / 28)]
