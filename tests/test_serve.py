@@ -170,3 +170,12 @@ def test_server_paths_need_an_allowed_root(tmp_path: Path) -> None:
         allowed_path("clip.mp4", None)
     assert err.value.status == 403
     assert allowed_path("clip.mp4", str(tmp_path)) == tmp_path / "clip.mp4"
+
+
+def test_the_benchmark_load_measures_requests_and_latency(server: str, videos: dict[str, Path]) -> None:
+    from vidlstm.cli.benchmark.serve import load
+
+    result = load(server, [videos["dark"].read_bytes(), videos["bright"].read_bytes()], clients=4, requests=8)
+    assert result["requests_per_s"] > 0 and 0 < result["p50_ms"] <= result["p95_ms"] < 120_000
+    with pytest.raises(RuntimeError, match="8 of 8 requests failed"):
+        load(server, [b"not a video"], clients=4, requests=8)

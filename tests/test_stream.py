@@ -264,3 +264,18 @@ def test_the_command_writes_jsonl_to_stdout_and_fails_clearly(brightness_checkpo
     failed = subprocess.run([*base, f"source={tmp_path / 'notes.mp4'}"], capture_output=True, text=True,
                             timeout=300)
     assert failed.returncode == 2 and "notes.mp4: not a video" in failed.stderr
+
+
+@pytest.mark.slow
+def test_the_stream_benchmark_prints_a_row_per_case(capsys: pytest.CaptureFixture) -> None:
+    from vidlstm.cli.benchmark import main
+
+    main(["stream", "--encoder", "tiny", "--size", "32", "--num-frames", "4", "--seconds", "2", "--fps", "10",
+          "--width", "64", "--height", "48", "--window", "1", "--stride", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip().startswith("T=")]
+    assert [r.split()[0] for r in rows] == ["T=4", "T=10", "T=4,"] and "state=carry" in out
+    for row in rows:  # name, then: full-speed frames/s, RT factor, paced frames/s, encoded, dropped, lag p50, p95
+        fast, factor, paced, encoded, dropped = (float(x) for x in row[30:].split()[:5])
+        assert fast > 0 and factor == pytest.approx(fast / 10, rel=0.05) and paced > 0
+        assert 0 < encoded <= 20 and dropped >= 0  # frames through the CNN (of 20), frames dropped
