@@ -20,6 +20,8 @@ from vidlstm.data.video import timeline as tl
 from vidlstm.data.video.opencv import OpenCVReader
 from vidlstm.data.video.pyav import PyAVReader, _side_data_rotation, declared_rotation, frame_rotation
 
+from .video_factory import index_frame as factory_index_frame
+from .video_factory import read_index as factory_read_index
 from .video_factory import set_mp4_rotation, write_video
 
 N, GOP, BITS = 300, 30, 9  # frames, keyframe interval, bits of the index stripes (indices up to 511)
@@ -35,20 +37,12 @@ VFR_MS = np.cumsum([0] + [40 if (i // 50) % 2 == 0 else 20 for i in range(N - 1)
 
 
 def index_frame(i: int, height: int = 64, width: int = 128) -> np.ndarray:
-    """RGB frame whose BITS stripes spell ``i`` in binary (white = 1), a red bar on top."""
-    frame = np.zeros((height, width, 3), np.uint8)
-    edges = np.linspace(0, width, BITS + 1).astype(int)
-    for b in range(BITS):
-        if (i >> b) & 1:
-            frame[height // 4:, edges[b]: edges[b + 1]] = 255
-    frame[: height // 8, :, 0] = 255
-    return frame
+    """`video_factory.index_frame` with `BITS` stripes on a wider frame."""
+    return factory_index_frame(i, height, width, BITS)
 
 
 def read_index(frame: torch.Tensor) -> int:
-    lum = frame.float().mean(0)[frame.shape[1] // 4:]
-    edges = np.linspace(0, frame.shape[2], BITS + 1).astype(int)
-    return sum(1 << b for b in range(BITS) if lum[:, edges[b] + 1: edges[b + 1] - 1].mean() > 127)
+    return factory_read_index(frame, BITS)
 
 
 def _frames(noise: int = 0) -> np.ndarray:
