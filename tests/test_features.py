@@ -29,7 +29,7 @@ from vidlstm.training.train import train
 
 FROZEN_EVAL = ["model.encoder.freeze=all", "data.train_sampler.jitter=false",
                "~data.train_transform", "+data.train_transform={_target_:vidlstm.data.transforms.eval_transform,"
-               "_partial_:true,mean:[0.485,0.456,0.406],std:[0.229,0.224,0.225]}", "trainer.max_epochs=3",
+               "_partial_:true,mean:null,std:null,interpolation:null}", "trainer.max_epochs=3",
                "callbacks.early_stopping=null"]
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from vidlstm.models.registry import build_network
 from vidlstm.training.callbacks import ThroughputMeter
 from vidlstm.training.train import train
 
@@ -67,7 +66,7 @@ def test_checkpoint_is_safe_to_load_and_rebuilds_the_model(make_config) -> None:
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     meta = ckpt["vidlstm"]
     assert meta["class_names"] == objects["datamodule"].class_names
-    net = instantiate(OmegaConf.create(meta["config"]["model"]))(num_classes=len(meta["class_names"]))
+    net = build_network(meta["config"]["model"], len(meta["class_names"]))
     net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()
                          if k.startswith("net.")})
     net.eval()

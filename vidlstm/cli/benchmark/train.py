@@ -22,7 +22,7 @@ def bench_train(encoder: str, size: int, batches: int, epochs: int) -> dict[str,
     common = [f"model/encoder={encoder}", "model.encoder.freeze=all", f"data.image_size={size}",
               "data.train_sampler.jitter=false", "~data.train_transform",
               "+data.train_transform={_target_:vidlstm.data.transforms.eval_transform,_partial_:true,"
-              "mean:[0.485,0.456,0.406],std:[0.229,0.224,0.225]}",
+              "mean:null,std:null,interpolation:null}",  # null: from the weights, as the default transforms
               f"trainer.limit_train_batches={batches}", f"trainer.limit_val_batches={max(1, batches // 4)}",
               "test=false", "callbacks.progress_bar=null", "callbacks.model_summary=null",
               "callbacks.early_stopping=null", "callbacks.lr_monitor=null", "~logger"]
