@@ -75,7 +75,7 @@ def _folder(tiny_demo, tmp_path: Path) -> list[str]:
 
 
 LAYOUTS = {"ucf101_lrcn": _ucf101, "hmdb51_lrcn": _hmdb51, "kinetics_bilstm": _kinetics, "folder": _folder,
-           "demo": None, "demo_meanpool": None, "demo_features": None}
+           "demo": None, "demo_meanpool": None, "demo_features": None, "demo_appearance_features": None}
 
 
 def test_every_shipped_experiment_has_a_layout_test() -> None:
@@ -105,6 +105,9 @@ def test_experiment_fast_dev_run_on_its_layout(experiment: str, tiny_demo, tmp_p
     # fast_dev_run tests one batch of eval_batch_size (= batch_size) videos
     assert_test_metrics_add_up(summary, min(2, len(datamodule.splits["test"])))
     assert summary["test_is_val"] is (experiment == "kinetics_bilstm")
+    if experiment in ("folder", "kinetics_bilstm"):  # the recipe that never loses to a frame average
+        head = objects["module"].net.head
+        assert head.mean_path and head.feature_norm is not None and head.recurrent is not None
 
 
 def test_demo_features_fast_dev_run(make_config, tmp_path: Path) -> None:
@@ -112,4 +115,14 @@ def test_demo_features_fast_dev_run(make_config, tmp_path: Path) -> None:
                                          f"data.feature_cache_dir={tmp_path / 'features'}"))
     assert objects["module"].inputs == "features"
     assert list((tmp_path / "features").rglob("*.npy"))
+    assert_test_metrics_add_up(summary, 8)  # one test batch of data.batch_size=8 videos
+
+
+def test_demo_appearance_features_fast_dev_run(make_config, tmp_path: Path) -> None:
+    cfg = make_config("experiment=demo_appearance_features", "debug=fdr",
+                      f"data.feature_cache_dir={tmp_path / 'features'}")
+    assert cfg.data.prepare._target_.endswith("AppearanceDataset") and cfg.model.head.feature_norm
+    summary, objects = train(cfg)
+    assert objects["module"].inputs == "features"
+    assert objects["datamodule"].class_names == sorted(cfg.data.prepare.classes)
     assert_test_metrics_add_up(summary, 8)  # one test batch of data.batch_size=8 videos

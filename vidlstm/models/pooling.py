@@ -15,6 +15,18 @@ def valid_mask(lengths: torch.Tensor | None, batch: int, steps: int, device: tor
     return torch.arange(steps, device=device)[None, :] < lengths.to(device)[:, None]
 
 
+def masked_mean(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, D) -> (B, D): the mean over each clip's first ``lengths[b]`` steps (all T when None)."""
+    mask = valid_mask(lengths, *x.shape[:2], x.device).unsqueeze(-1).to(x.dtype)
+    return (x * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def running_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) bool valid steps -> (B, T, D): at step t the mean of the valid steps up to t."""
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    return (x * weights).cumsum(1) / weights.cumsum(1).clamp_min(1)
+
+
 class TemporalPooling(nn.Module):
     """Pools over time, ignoring padded steps.
 
@@ -53,8 +65,7 @@ class TemporalPooling(nn.Module):
         if return_weights:
             raise ValueError(f"{self.mode!r} pooling has no attention weights")
         if self.mode == "mean":
-            weights = mask.unsqueeze(-1).to(x.dtype)
-            return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
+            return masked_mean(x, lengths)
         if self.mode == "max":
             return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
         last = (mask.sum(1) - 1).clamp_min(0)
