@@ -3,7 +3,7 @@ all of its frames, so motion is preserved."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -31,6 +31,16 @@ class ClipTransform:
             std = torch.as_tensor(steps[-1].std, dtype=torch.float32).view(-1, 1, 1)
             self._geometric = v2.Compose(steps[:-2]) if len(steps) > 2 else None
             self._shift, self._scale = mean * 255, 1 / (std * 255)
+
+    def split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+        """(the steps before the conversion to float, on uint8; the conversion and what follows): applied one
+        after the other they are the whole transform, so a frame can stay small (uint8 at the model's size) until
+        needed. Without a ``ToDtype`` step the first part is the identity."""
+        steps = list(self.pipeline.transforms)
+        cut = next((i for i, step in enumerate(steps) if isinstance(step, v2.ToDtype)), None)
+        if cut is None:
+            return (lambda clip: clip), self
+        return ClipTransform(steps[:cut]), ClipTransform(steps[cut:])
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         if self._shift is None or clip.dtype != torch.uint8:

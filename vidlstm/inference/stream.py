@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from torchvision.transforms import v2
 
 from vidlstm.inference.predictor import Predictor, window_span, windows
 from vidlstm.inference.segments import SegmentTracker
@@ -353,15 +352,11 @@ class Reader(threading.Thread):
 
 def split_transform(transform: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor],
                                              Callable[[torch.Tensor], torch.Tensor]]:
-    """The eval transform as (resize + crop on uint8, conversion to normalised float): applied one after the
-    other they are the whole transform, so a frame can be kept small (uint8 at the model's size) until needed."""
-    steps = list(getattr(getattr(transform, "pipeline", None), "transforms", []))
-    cut = next((i for i, step in enumerate(steps) if isinstance(step, v2.ToDtype)), None)
-    if cut is None:
-        return (lambda x: x), transform
+    """The eval transform as (resize + crop on uint8, conversion to normalised float); see `ClipTransform.split`.
+    A transform of another kind is kept whole behind an identity first part."""
     from vidlstm.data.transforms import ClipTransform
 
-    return ClipTransform(steps[:cut]), ClipTransform(steps[cut:])
+    return transform.split() if isinstance(transform, ClipTransform) else ((lambda x: x), transform)
 
 
 class _Engine:
