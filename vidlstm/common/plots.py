@@ -1,4 +1,4 @@
-"""Run plots: learning curves from metrics.csv and the test confusion matrix."""
+"""Run plots: learning curves, learning rate, the confusion matrix, per-class accuracy and top confusions."""
 
 from __future__ import annotations
 
@@ -82,6 +82,78 @@ def plot_attention(weights: np.ndarray, labels: Sequence[int], predictions: Sequ
                                                                                      strict=True)])
     ax.set_title("Attention over time (true -> predicted), validation clips")
     fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_per_class_accuracy(per_class: dict[str, float], out_png: str | Path) -> Path:
+    """Horizontal bars: accuracy of each class, in class order (worst classes stand out by length)."""
+    names, values = list(per_class), [float(v) for v in per_class.values()]
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(names) + 1)))
+    ax.barh(range(len(names)), values, color="tab:blue")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy")
+    ax.set_title("Per-class accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def top_confusions(confusion: np.ndarray, class_names: Sequence[str], k: int = 10) -> list[tuple[str, str, int]]:
+    """The ``k`` most frequent (true, predicted, count) off-diagonal pairs of a confusion matrix, most first."""
+    matrix = np.asarray(confusion, dtype=np.int64).copy()
+    np.fill_diagonal(matrix, 0)
+    order = np.argsort(-matrix, axis=None, kind="stable")[:k]
+    pairs = [(int(i), int(j)) for i, j in zip(*np.unravel_index(order, matrix.shape), strict=True)]
+    return [(class_names[i], class_names[j], int(matrix[i, j])) for i, j in pairs if matrix[i, j] > 0]
+
+
+def plot_top_confusions(confusion: np.ndarray, class_names: Sequence[str], out_png: str | Path,
+                        k: int = 10) -> Path:
+    """Bars of the most frequent true -> predicted mistakes (an empty chart says there were none)."""
+    pairs = top_confusions(confusion, class_names, k)
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(pairs) + 1)))
+    ax.barh(range(len(pairs)), [c for _, _, c in pairs], color="tab:red")
+    ax.set_yticks(range(len(pairs)), [f"{t} -> {p}" for t, p, _ in pairs])
+    ax.invert_yaxis()
+    ax.set_xlabel("videos")
+    ax.set_title("Top confusions (true -> predicted)" if pairs else "No confusions")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def read_lr_series(metrics_csv: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """{column: [(step, lr)]} of the LearningRateMonitor's ``lr-*`` columns in a CSVLogger file."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and key.startswith("lr-") and value not in ("", None):
+                    series[key].append((int(float(row.get("step") or 0)), float(value)))
+    return dict(series)
+
+
+def plot_lr(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
+    """The learning rate over optimizer steps (one line per parameter group); None when none was logged."""
+    series = read_lr_series(metrics_csv)
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, points in series.items():
+        ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning rate")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
