@@ -8,6 +8,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vidlstm.common.report import config_yaml
 from vidlstm.inference.evaluate import evaluate, format_report
 from vidlstm.inference.predictor import Predictor
 
@@ -22,9 +23,10 @@ def main(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     datamodule.setup("test")
     output_dir = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
-    results = evaluate(predictor, datamodule.splits[cfg.split], output_dir, cfg.batch_size, cfg.num_workers)
+    results = evaluate(predictor, datamodule.splits[cfg.split], output_dir, cfg.batch_size, cfg.num_workers,
+                       config_yaml(cfg))
     print(format_report(results))
-    log.info("Written to %s (evaluation.json, per_class.csv, confusion_matrix.png)", output_dir)
+    log.info("Written to %s (report.html, evaluation.json, per_class.csv, confusion_matrix.png)", output_dir)
     return results
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vidlstm.common.report import write_timeline
 from vidlstm.data.index import _read_lines, _resolve, split_list_line
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
@@ -252,6 +253,9 @@ def predict_folder(predictor: Predictor, source: str | os.PathLike, output: str 
             writer.segments.close()
         torch.set_num_threads(threads)
     elapsed = time.perf_counter() - started
+    if writer.segments is not None:
+        timeline = write_timeline(writer.segments.path, Path(output).with_suffix(".timeline.html"))
+        log.info("Segments per video, as a page: %s", timeline)
     return {**counts, "skipped": len(paths) - len(todo), "seconds": round(elapsed, 2),
             "videos_per_s": round((counts["ok"] + counts["error"]) / max(elapsed, 1e-9), 3), "output": str(output)}
 

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vidlstm.common.plots import plot_attention, plot_confusion_matrix, plot_curves
+from vidlstm.common.report import TestExamples, config_yaml, training_report
 from vidlstm.data.datamodule import VideoDataModule
 from vidlstm.models.encoders import FrameEncoder
 from vidlstm.models.registry import build_encoder, build_network
@@ -236,7 +237,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     videos: VideoDataModule = instantiate(cfg.data, seed=seed)
     encoder = build_encoder(OmegaConf.to_container(cfg.model.encoder, resolve=True))
     module = build_module(cfg, seed, encoder=encoder)
-    callbacks = [NetworkBuilder(), *_instantiate_all(cfg.get("callbacks"))]
+    examples = TestExamples()  # misclassified test videos for report.html's filmstrips
+    callbacks = [NetworkBuilder(), *_instantiate_all(cfg.get("callbacks")), examples]
     monitor = next((c for c in callbacks if isinstance(c, BadVideoMonitor)), None)
     datamodule: Any = videos
     if videos.feature_cache:
@@ -298,6 +300,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "seed": seed,
     })
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        training_report(output_dir, summary, config_yaml(cfg), examples.examples)
+    except Exception:  # the run's results are written: a report bug must not fail it
+        log.exception("report.html could not be written")
     _report(summary, output_dir)
     return summary, objects
 
@@ -346,7 +352,7 @@ def _report(summary: dict[str, Any], output_dir: Path) -> None:
              if k in summary}
     log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     log.info("Run folder: %s", output_dir)
-    for name in ("summary.json", "metrics.csv", "confusion_matrix.png", "curves.png"):
+    for name in ("report.html", "summary.json", "metrics.csv", "confusion_matrix.png", "curves.png"):
         if (output_dir / name).is_file():
             log.info("  %-20s %s", name, output_dir / name)
     if summary.get("best_ckpt"):
