@@ -351,3 +351,22 @@ def test_training_run_writes_a_report(browser: Browser, make_config, tmp_path: P
     assert "seed:" in check.text
     matrix = np.asarray(summary["test/confusion_matrix"])
     assert (matrix.sum() - np.trace(matrix)) > 0 and check.values["filmstrips"] >= 1 and check.values["images"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Without a browser: which clips the filmstrips show.
+
+
+def test_example_clips_follow_the_records_past_failed_videos() -> None:
+    from vidlstm.common.plots import top_confusions
+    from vidlstm.common.report import ExampleCollector
+
+    names = ["a", "b"]
+    records = [VideoRecord(f"{n}.mp4", label) for n, label in enumerate("aabba")]
+    collector = ExampleCollector(records, names)
+    collector.update([0, 1], [1, 1], failed_paths=["1.mp4"])  # 0.mp4 a->b, 1.mp4 failed, 2.mp4 right
+    collector.update([1, 0], [0, 1], failed_paths=[])
+    assert collector.examples == {("a", "b"): ["0.mp4", "4.mp4"], ("b", "a"): ["3.mp4"]}
+    collector.update([0], [1], failed_paths=[])  # past the end: the batches no longer line up
+    assert not collector.aligned and collector.examples == {}
+    assert top_confusions(np.array([[3, 2], [1, 4]]), names) == [("a", "b", 2), ("b", "a", 1)]
