@@ -56,6 +56,7 @@ def test_ddp_cpu_two_processes_one_run_folder_exact_test_metrics(tiny_demo, make
     correct = total = 0
     with torch.no_grad():
         for batch in DataLoader(datamodule.dataset("test"), batch_size=4, collate_fn=collate_clips):
+            batch = datamodule.on_after_batch_transfer(batch, 0)  # uint8 clips -> the model's input
             correct += int((net(batch.clips).argmax(1) == batch.labels).sum())
             total += len(batch.labels)
     assert total == len(datamodule.splits["test"]) == 15

@@ -70,3 +70,11 @@ def test_dataset_returns_all_clips_of_a_multi_clip_sampler(tmp_path) -> None:
     assert [[read_index(f) for f in clip] for clip in sample.clip] == [[0, 2, 4, 6], [16, 18, 20, 22],
                                                                         [33, 35, 37, 39]]
     assert collate_clips([sample, sample]).clips.shape == (2, 3, 4, 3, 64, 64)
+
+
+def test_uniform_segment_centres_are_exact() -> None:
+    """The centre of segment i is floor((i + 1/2) * total / n), exactly, for every length and clip size."""
+    for n in range(1, 33):
+        for total in range(1, 301):
+            expected = [min((2 * i + 1) * total // (2 * n), total - 1) for i in range(n)]
+            assert UniformSegmentSampler(n)(total) == expected, (n, total)

@@ -16,6 +16,7 @@ from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, carve_splits
 from vidlstm.data.probe import append_bad_videos, probe_records
+from vidlstm.data.transforms import ClipTransform
 from vidlstm.data.video import AUTO_ORDER, backend_available
 from vidlstm.data.video.auto import GPU_BACKENDS
 from vidlstm.utils.seeding import derived_seed
@@ -106,6 +107,10 @@ def _check_decode_device(decode_device: str, backend: str, num_workers: int) -> 
                          "here (pip install -e '.[torchcodec]' and system FFmpeg)")
 
 
+def _identity(clips: torch.Tensor) -> torch.Tensor:
+    return clips
+
+
 class SplitLoaders:
     """Lightning's train/val/test loader hooks, all served by the class's ``_loader(split)``."""
 
@@ -151,6 +156,10 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             decoding cannot keep up. Files torchcodec refuses are decoded on the CPU and moved to the GPU.
         pin_memory / prefetch_factor: True/False and batches per worker, or "auto": on for CUDA and 4 batches,
             off and 2 on a CPU (see `loader_speed`).
+        normalize_on_device: the loader hands over uint8 clips (the transform's steps before its float
+            conversion) and the conversion and normalisation run on the training device after the batch is moved
+            there (`on_after_batch_transfer`): a quarter of the bytes through worker shared memory, pinned memory
+            and the host-to-GPU copy, and no float pass in the workers. False: the loader returns float clips.
         decode_timeout_s: a video whose probing, opening or decoding takes longer fails.
         frame_cache: folder for a `FrameCache` (None: decode every epoch); ``frame_cache_size`` is its short
             side in pixels (default ``image_size``).
@@ -188,6 +197,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool | str = "auto",
         prefetch_factor: int | str = "auto",
+        normalize_on_device: bool = True,
         persistent_workers: bool = True,
         backend: str = "auto",
         backend_order: Sequence[str] = AUTO_ORDER,
@@ -224,6 +234,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         loader_speed(pin_memory, prefetch_factor, num_workers, None)  # a bad value fails here, not at fit time
+        self.normalize_on_device = normalize_on_device
         self.persistent_workers = persistent_workers and num_workers > 0
         self.backend, self.backend_order = backend, tuple(backend_order)
         self.decode_device = decode_device
@@ -318,14 +329,31 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         counts = Counter(r.label for r in self.splits[split])
         return {name: counts.get(name, 0) for name in self.class_names}
 
+    def split_transform(self, train: bool) -> tuple[Callable, Callable]:
+        """(what the loader applies, what `on_after_batch_transfer` applies on the device): the transform's
+        uint8 steps and its float conversion with ``normalize_on_device``, else the whole transform and nothing."""
+        transform = self.train_transform if train else self.eval_transform
+        if self.normalize_on_device and isinstance(transform, ClipTransform):
+            return transform.split()
+        return transform, _identity
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 clips (``normalize_on_device``) become the model's float input, on the device they now sit on."""
+        clips = getattr(batch, "clips", None)
+        if isinstance(clips, torch.Tensor) and clips.dtype == torch.uint8:
+            training = self.trainer is not None and self.trainer.training
+            batch = batch._replace(clips=self.split_transform(training)[1](clips))
+        return batch
+
     def dataset(self, split: str) -> VideoClipDataset:
+        """The split's clips as the loader hands them over (uint8 with ``normalize_on_device``)."""
         train = split == "train"
         sampler = {"train": self.train_sampler, "test": self.test_sampler}.get(split, self.eval_sampler)
         return VideoClipDataset(
             self.splits[split],
             self.class_names,
             sampler,
-            self.train_transform if train else self.eval_transform,
+            self.split_transform(train)[0],
             self.backend,
             self.max_retries,
             self.decode_timeout_s,

@@ -334,6 +334,7 @@ def _plot_attention(module: VideoClassifier, datamodule: Any, out_png: Path, cli
     batch = next((b for b in datamodule.val_dataloader() if b[0] is not None), None)
     if batch is None:
         return
+    batch = datamodule.on_after_batch_transfer(batch, 0)  # the model's input (uint8 clips become float)
     module.eval()
     inputs, labels = batch[0][:clips], batch[1][:clips]
     predictions = module(inputs.to(module.device)).argmax(dim=-1).cpu()

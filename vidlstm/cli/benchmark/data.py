@@ -2,10 +2,13 @@
 The loader check runs our dataset in a DataLoader with N workers (N = 0 and 2) against N plain processes doing
 the same decoding (same files, same frame indices, same backend choice, one torch thread per worker process,
 the same round-robin share of batches per process): ratio loader / raw decoding (target >= 0.9), and loader /
-(raw decoding + the same transform), which leaves only the loader's own cost. The seek check reads a 16-frame
-clip (every 2nd frame) from the first and from the last 10% of a 10-minute 480p H.264 video (x264 ultrafast, a
-keyframe every 2 s; generated once into ./data/benchmark), each from a freshly opened reader as a dataset does,
-interleaved, and prints per backend the median cost of each and late / early (target <= 2).
+(raw decoding + the same transform), which leaves only the loader's own cost. The loader is the one training
+uses (``data.normalize_on_device=true``): it hands over uint8 clips at the model's size and the float
+conversion + normalisation run on the training device; the fully normalising loader is printed beside it.
+The seek check reads a 16-frame clip (every 2nd frame) from the first and from the last 10% of a 10-minute 480p
+H.264 video (x264 ultrafast, a keyframe every 2 s; generated once into ./data/benchmark), each from a freshly
+opened reader as a dataset does, interleaved, and prints per backend the median cost of each and late / early
+(target <= 2).
 Without ``--videos`` the demo dataset is used (rendered into ./data/demo on first use).
 """
 
@@ -91,14 +94,19 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
         results[f"raw {name}"] = measured([timed(lambda name=name: _decode_share(work, name, None))])
     classes = sorted({r.label for r in records})
     transform = eval_transform(size)
-    dataset = VideoClipDataset(records, classes, sampler, transform, backend=backend)
+    in_loader = transform.split()[0]  # what training's loader applies (data.normalize_on_device=true)
+    dataset = VideoClipDataset(records, classes, sampler, in_loader, backend=backend)
+    normalising = VideoClipDataset(records, classes, sampler, transform, backend=backend)
     for workers in (0, 2):
         shares = _shares(work, workers, batch_size)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
+
+        uint8_loader, float_loader = (DataLoader(d, batch_size=batch_size, num_workers=workers,
+                                                 collate_fn=collate_clips) for d in (dataset, normalising))
         runs: dict[str, Callable[[], object]] = {
             f"raw decoding x{max(1, workers)}": lambda shares=shares: _in_processes(shares, backend, None),
-            f"raw + transform x{max(1, workers)}": lambda shares=shares: _in_processes(shares, backend, transform),
-            f"loader {workers} workers": lambda loader=loader: [b for b in loader],
+            f"raw + transform x{max(1, workers)}": lambda shares=shares: _in_processes(shares, backend, in_loader),
+            f"loader {workers} workers": lambda loader=uint8_loader: [b for b in loader],
+            f"loader {workers} workers, float": lambda loader=float_loader: [b for b in loader],
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
         for repeat in range(repeats):
@@ -107,7 +115,7 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
                 times[name].append(timed(runs[name]))
         results.update({name: measured(t) for name, t in times.items()})
     with tempfile.TemporaryDirectory() as cache_dir:
-        cached = VideoClipDataset(records, classes, sampler, transform, frame_cache=FrameCache(cache_dir, size))
+        cached = VideoClipDataset(records, classes, sampler, in_loader, frame_cache=FrameCache(cache_dir, size))
         loader = DataLoader(cached, batch_size=batch_size, num_workers=0, collate_fn=collate_clips)
         results["frame cache 1st epoch"] = measured([timed(lambda: [b for b in loader])])
         results["frame cache later"] = measured([timed(lambda: [b for b in loader])])
@@ -202,6 +210,9 @@ def run(args: argparse.Namespace) -> None:
             raw_rate, raw_cpu_ms = results[f"{raw} x{processes}"]
             print(f"  ratio loader({workers} workers) / {raw} in {processes} process(es): {rate / raw_rate:.2f}   "
                   f"({note}; by CPU time {raw_cpu_ms / cpu_ms:.2f})")
+        float_rate = results[f"loader {workers} workers, float"][0]
+        print(f"  ratio float loader({workers} workers) / raw decoding in {processes} process(es): "
+              f"{float_rate / results[f'raw decoding x{processes}'][0]:.2f}   (normalising in the workers)")
     speedup = results["frame cache later"][0] / results["loader 0 workers"][0]
     print(f"  ratio frame-cache epoch / decoding epoch (0 workers): {speedup:.2f}   (target >= 5)")
 

@@ -19,7 +19,7 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -39,10 +39,13 @@ def resnet_lstm(num_classes: int = 8, channels_last: bool = True) -> torch.nn.Mo
 
 
 def train_steps(net: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                precision: str, steps: int, warmup: int = 3) -> dict[str, float]:
+                precision: str, steps: int, warmup: int = 3,
+                to_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """Train ``net`` on ``steps`` batches after ``warmup`` untimed ones: {"clips_per_s", "data_wait" (share),
     "clips", "wait_s", "step_s"} where the wait is the time spent getting the next batch onto ``device`` (fetch
-    + non-blocking copy) and the rest is the step, each ending with a device synchronisation."""
+    + non-blocking copy) and the rest is the step (``to_input`` on the device first: uint8 clips become the
+    model's float input, as `VideoDataModule.on_after_batch_transfer` does), each ending with a device
+    synchronisation."""
     net = net.to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     dtype = PRECISIONS[precision]
@@ -54,6 +57,8 @@ def train_steps(net: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         frames, labels = next(batches_iter)
         frames, labels = frames.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         fetched = time.perf_counter()
+        if to_input is not None:
+            frames = to_input(frames)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(net(frames), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -76,22 +81,24 @@ def in_memory(batch_size: int, frames: int, size: int, device: torch.device, num
     return itertools.repeat((clips, labels))
 
 
-def from_videos(videos: Path, batch_size: int, frames: int, size: int, workers: int) -> Iterator:
-    """Endless batches of the videos under ``videos`` (class folders) through vidlstm's dataset and a DataLoader
-    set up as `trainer=gpu` sets it up (pinned memory, persistent workers, prefetching)."""
+def from_videos(videos: Path, batch_size: int, frames: int, size: int, workers: int
+                ) -> tuple[Iterator, Callable[[torch.Tensor], torch.Tensor]]:
+    """(endless batches of the videos under ``videos`` (class folders) through vidlstm's dataset and a
+    DataLoader set up as `trainer=gpu` sets it up: pinned memory, persistent workers, prefetching, uint8 clips;
+    the float conversion + normalisation to run on the device)."""
     from vidlstm.data.dataset import VideoClipDataset, collate_clips
     from vidlstm.data.index import ClassFolderSource
     from vidlstm.data.sampling import UniformSegmentSampler
     from vidlstm.data.transforms import eval_transform
 
     records = ClassFolderSource(videos).records()
-    dataset = VideoClipDataset(records, sorted({r.label for r in records}), UniformSegmentSampler(frames),
-                               eval_transform(size))
+    in_loader, on_device = eval_transform(size).split()
+    dataset = VideoClipDataset(records, sorted({r.label for r in records}), UniformSegmentSampler(frames), in_loader)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=True,
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                         collate_fn=collate_clips, drop_last=True)
-    for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
-        yield batch.clips, batch.labels
+    batches = ((batch.clips, batch.labels) for batch in itertools.chain.from_iterable(itertools.repeat(loader)))
+    return batches, on_device
 
 
 def decode_rates(video: Path, clips: int, device: torch.device) -> dict[str, float | str]:
@@ -142,8 +149,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"  ratio bf16 / fp32: {compute['bf16'] / compute['fp32']:.2f}")
     precision = precisions[-1]
     videos = args.videos or demo_split("train")
-    fed = train_steps(resnet_lstm(), from_videos(videos, args.batch_size, args.frames, args.size, args.workers),
-                      device, precision, args.steps)
+    batches, to_input = from_videos(videos, args.batch_size, args.frames, args.size, args.workers)
+    fed = train_steps(resnet_lstm(), batches, device, precision, args.steps, to_input=to_input)
     print(f"  training from {videos} ({args.workers} workers), {precision}: {fed['clips_per_s']:8.1f} clips/s, "
           f"waiting for data {100 * fed['data_wait']:.0f}% of the time; ratio to in-memory batches "
           f"{fed['clips_per_s'] / compute[precision]:.2f}")
