@@ -190,6 +190,26 @@ class DemoDataset(SyntheticDataset):
     def render_clip(self, name: str, rng: np.random.Generator) -> np.ndarray:
         return render_clip(name, rng, self.size, self.min_frames, self.max_frames, self.max_noise)
 
+    def object_track(self, split: str, name: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where the shape is in every frame of video (split, name, index), from the same random draws as
+        `render` (nothing is rendered): float32 boxes (N, 4) x0, y0, x1, y1 in pixels (see `ForwardTrack.boxes`) and
+        float32 opacity (N,) in [0, 1] (0: not visible; below 1 only in appear/vanish). The second class of a
+        pair gets the first's track reversed in time, as its frames are."""
+        if name not in self.classes:
+            raise ValueError(f"{self.title} dataset: unknown class {name!r}; choose from {self.classes}")
+        rng = np.random.default_rng([self.seed, ("train", "val", "test").index(split), self.class_seed(name), index])
+        class_id = DEMO_CLASSES.index(name)
+        num_frames = int(rng.integers(self.min_frames, self.max_frames + 1))
+        track = draw_forward(CLASS_PAIRS[class_id // 2][0], num_frames, self.size, rng)
+        boxes, alpha = track.boxes(self.size), track.alpha.astype(np.float32)
+        if class_id % 2 == 1:
+            boxes, alpha = boxes[::-1], alpha[::-1]
+        return np.ascontiguousarray(boxes), np.ascontiguousarray(alpha)
+
+    def object_boxes(self, split: str, name: str, index: int) -> np.ndarray:
+        """float32 (N, 4) x0, y0, x1, y1: the shape's box in every frame (see `object_track`)."""
+        return self.object_track(split, name, index)[0]
+
 
 def appearance_attributes(name: str) -> dict[str, str]:
     """{attribute: value} that class ``name`` fixes: its ``_``-separated words, each a colour (`COLOURS`), a
@@ -288,8 +308,45 @@ def _shape_mask(size: int, shape: str, cx: float, cy: float, radius: float, angl
     return mask.astype(np.float32) / 255.0
 
 
+@dataclass(frozen=True)
+class ForwardTrack:
+    """The drawn parameters of one clip of the first class of a pair: per-frame centre ``cx``/``cy``,
+    circumradius ``radius``, ``angle`` (degrees) and opacity ``alpha`` (each (N,)), plus the shape, its colour
+    and the background (RGB (3,), 0-255)."""
+
+    shape: str
+    background: np.ndarray
+    colour: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    radius: np.ndarray
+    angle: np.ndarray
+    alpha: np.ndarray
+
+    def boxes(self, size: int) -> np.ndarray:
+        """float32 (N, 4) x0, y0, x1, y1: the shape's bounding box in each frame, in pixels with pixel (i, j)
+        covering [i, i + 1] x [j, j + 1] (cv2 draws with pixel centres on integers, hence the half-pixel
+        shift), cut to the frame [0, size]."""
+        boxes = np.empty((len(self.cx), 4), np.float32)
+        for i in range(len(self.cx)):
+            pts = _polygon(self.shape, self.cx[i], self.cy[i], self.radius[i], self.angle[i]) + 0.5
+            boxes[i] = (*pts.min(axis=0), *pts.max(axis=0))
+        return np.clip(boxes, 0.0, float(size))
+
+
 def render_forward(kind: str, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One clip of the first class of a pair, float32 (N, size, size, 3) before noise."""
+    track = draw_forward(kind, num_frames, size, rng)
+    frames = np.empty((num_frames, size, size, 3), np.float32)
+    for i in range(num_frames):
+        m = _shape_mask(size, track.shape, track.cx[i], track.cy[i], track.radius[i], track.angle[i])[..., None]
+        m = m * track.alpha[i]
+        frames[i] = track.background * (1 - m) + track.colour * m
+    return frames
+
+
+def draw_forward(kind: str, num_frames: int, size: int, rng: np.random.Generator) -> ForwardTrack:
+    """The random draws of `render_forward` (the same numbers in the same order), without drawing pixels."""
     background = rng.uniform(0, 90, size=3)
     colour = rng.uniform(150, 255, size=3)
     shape = str(rng.choice(SHAPES if kind != "rotate_cw" else SHAPES[1:]))
@@ -330,11 +387,7 @@ def render_forward(kind: str, num_frames: int, size: int, rng: np.random.Generat
         alpha = np.clip((t - onset) / (full - onset), 0.0, 1.0)
     else:
         raise ValueError(f"unknown demo motion {kind!r}")
-    frames = np.empty((num_frames, size, size, 3), np.float32)
-    for i in range(num_frames):
-        m = _shape_mask(size, shape, cx[i], cy[i], radius[i], angle[i])[..., None] * alpha[i]
-        frames[i] = background * (1 - m) + colour * m
-    return frames
+    return ForwardTrack(shape, background, colour, cx, cy, radius, angle, alpha)
 
 
 def render_appearance_clip(name: str, rng: np.random.Generator, size: int = 64, min_frames: int = 20,
