@@ -57,6 +57,10 @@ def test_folder_gives_one_row_per_file_with_the_right_status(predictor: Predicto
                          ("audio_only.mp4", "no video stream")]:
         assert rows[name]["status"] == "error" and reason in rows[name]["error"] and rows[name]["error"], name
     assert (stats["ok"], stats["error"]) == (2, 4)
+    # Workers hand over uint8 clips converted on the model's device: the same scores as the float path.
+    for name in ("dark.mp4", "nested/bright.mp4"):
+        expected = predictor.predict_video(folder / name)
+        assert float(rows[Path(name).name]["score"]) == pytest.approx(expected["score"], abs=1e-5)
 
 
 def test_jsonl_output_and_list_file_input(predictor: Predictor, tmp_path: Path) -> None:
@@ -81,6 +85,7 @@ def test_window_mode_labels_each_half_of_a_long_video(predictor: Predictor, tmp_
     assert video["start_s"] == "" and video["num_frames"] == "96"
     api_rows = predictor.predict_windows(tmp_path / "long.mp4", 2, 2)
     assert [r["label"] for r in api_rows[:-1]] == ["dark"] * 3 + ["bright"] * 3
+    assert [float(r["score"]) for r in rows] == pytest.approx([r["score"] for r in api_rows], abs=1e-5)
 
 
 def _folder_run(checkpoint: Path, tmp_path: Path, count: int, seed: int, *overrides: str

@@ -97,7 +97,7 @@ def video_unit(predictor: Predictor, paths: Sequence[str], video: int) -> Unit:
     """Video ``video``'s clips for a video-level prediction, or its error."""
     try:
         with predictor.open(paths[video]) as reader:
-            return Unit(video, 0, 1, predictor.video_clips(reader), reader.num_frames)
+            return Unit(video, 0, 1, predictor.video_clips(reader, uint8=True), reader.num_frames)
     except VideoDecodeError as err:
         return Unit(video, 0, 1, None, 0, error=err.reason)
 
@@ -124,7 +124,7 @@ class _Clips(IterableDataset):
             with self.predictor.open(self.paths[video]) as reader:
                 spans = windows(reader.num_frames, reader.fps, self.window_s, self.stride_s or self.window_s)
                 for w in spans:  # one window decoded at a time: memory stays flat for long videos
-                    clips = self.predictor.window_clip(reader, w)
+                    clips = self.predictor.window_clip(reader, w, uint8=True)
                     yield Unit(video, w.index, w.count, clips, w.stop - w.first, w.start_s, w.end_s,
                                video_frames=reader.num_frames)
         except VideoDecodeError as err:  # anything else is a bug and must stop the run, not fill it with errors

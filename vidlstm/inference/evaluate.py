@@ -39,7 +39,8 @@ def evaluate(predictor: Predictor, records: Sequence[VideoRecord], output_dir: s
         raise ValueError(f"labels {unknown[:5]} are not classes of this checkpoint ({len(names)} classes)")
     num_classes = len(names)
     sampler = MultiClipSampler(predictor.num_frames, predictor.num_clips)
-    dataset = VideoClipDataset(records, names, sampler, predictor.transform, predictor.backend,
+    # uint8 clips from the workers, converted on the model's device (`Predictor.clip_probabilities`).
+    dataset = VideoClipDataset(records, names, sampler, predictor.uint8_transform, predictor.backend,
                                timeout_s=predictor.timeout_s)
     clip_metrics, video_metrics = accuracy_metrics(num_classes, "clip/"), accuracy_metrics(num_classes, "video/")
     per_class = MulticlassAccuracy(num_classes, average="none")

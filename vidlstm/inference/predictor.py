@@ -16,7 +16,7 @@ from torch import nn
 
 from vidlstm.common.checkpoint import CheckpointError, build_net, load_checkpoint
 from vidlstm.data.sampling import DenseClipSampler, MultiClipSampler, UniformSegmentSampler
-from vidlstm.data.transforms import eval_transform
+from vidlstm.data.transforms import ClipTransform, eval_transform
 from vidlstm.data.video import DEFAULT_TIMEOUT_S, VideoDecodeError, VideoReader, open_video
 
 PREDICTION_FIELDS = ("path", "status", "label", "score", "topk_labels", "topk_scores", "num_frames", "error")
@@ -113,6 +113,10 @@ class Predictor:
         self.net = net.to(self.device).eval()
         self.class_names = list(class_names)
         self.num_frames, self.transform = num_frames, transform
+        # The transform's uint8 steps and its float conversion: folder runs decode and resize in workers and
+        # convert on the model's device (a quarter of the bytes between processes; see `clip_probabilities`).
+        self.uint8_transform, self.to_float = (transform.split() if isinstance(transform, ClipTransform)
+                                               else (transform, _identity))
         self.num_clips, self.top_k = num_clips, min(top_k, len(self.class_names))
         self.backend, self.timeout_s = backend, timeout_s
         self.sampler = MultiClipSampler(num_frames, num_clips, clip="segments")
@@ -142,8 +146,9 @@ class Predictor:
         return open_video(path, self.backend, timeout_s=self.timeout_s)
 
     def video_clips(self, reader: VideoReader, first: int = 0, stop: int | None = None,
-                    num_clips: int | None = None) -> torch.Tensor:
-        """Float (N, T, 3, H, W) clips from frames [first, stop) of an open video, decoded in one call."""
+                    num_clips: int | None = None, uint8: bool = False) -> torch.Tensor:
+        """Float (N, T, 3, H, W) clips from frames [first, stop) of an open video, decoded in one call;
+        ``uint8``: before the float conversion (`clip_probabilities` converts them on the model's device)."""
         stop = reader.num_frames if stop is None else stop
         if stop <= first:
             raise VideoDecodeError(reader.path, f"no frames to sample in [{first}, {stop})")
@@ -151,7 +156,8 @@ class Predictor:
         sampler = self.sampler if count == self.num_clips else MultiClipSampler(self.num_frames, count)
         clips = sampler(stop - first)
         frames = reader.get_frames([first + i for clip in clips for i in clip])
-        return torch.stack([self.transform(part) for part in frames.split(self.num_frames)])
+        transform = self.uint8_transform if uint8 else self.transform
+        return torch.stack([transform(part) for part in frames.split(self.num_frames)])
 
     @functools.cached_property
     def window_sampler(self) -> Callable[[int], list[int]]:
@@ -162,16 +168,20 @@ class Predictor:
         """Frame indices of the clip that scores the window of frames [first, stop)."""
         return [first + i for i in self.window_sampler(stop - first)]
 
-    def window_clip(self, reader: VideoReader, window: Window) -> torch.Tensor:
-        """Float (1, T, 3, H, W): the clip of one window, decoded in one call."""
-        return self.transform(reader.get_frames(self.window_indices(window.first, window.stop)))[None]
+    def window_clip(self, reader: VideoReader, window: Window, uint8: bool = False) -> torch.Tensor:
+        """Float (1, T, 3, H, W): the clip of one window, decoded in one call (``uint8``: as `video_clips`)."""
+        transform = self.uint8_transform if uint8 else self.transform
+        return transform(reader.get_frames(self.window_indices(window.first, window.stop)))[None]
 
     # --- the model ---
     @torch.no_grad()
     def clip_probabilities(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, N, T, 3, H, W) -> (B, N, num_classes): class probabilities of every clip."""
+        """(B, N, T, 3, H, W) -> (B, N, num_classes): class probabilities of every clip (float clips, or uint8
+        ones from ``uint8=True`` decoding, converted here on the model's device)."""
         b, n = clips.shape[:2]
         clips = clips.to(self.device, non_blocking=True).flatten(0, 1)
+        if clips.dtype == torch.uint8:
+            clips = self.to_float(clips)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" \
             else contextlib.nullcontext()
         with autocast:
@@ -222,6 +232,10 @@ class Predictor:
         except VideoDecodeError as err:
             return [{**self.error_row(str(path), err.reason), "start_s": "", "end_s": ""}]
         return [*rows, {**self.row(str(path), torch.stack(probs).mean(0), total), "start_s": "", "end_s": ""}]
+
+
+def _identity(clips: torch.Tensor) -> torch.Tensor:
+    return clips
 
 
 def resolve_device(device: str) -> str:
