@@ -23,17 +23,30 @@ from vidlstm.data.video import open_video
 CACHE_FORMAT = 1
 
 
+def _default_keep_open() -> int:
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # no resource module (Windows): a conservative count
+        return 256
+    return 4096 if soft == resource.RLIM_INFINITY else max(64, min(4096, soft // 4))
+
+
 class FrameCache:
     """Args:
     root: folder for the cached arrays.
     short_side: frames are resized so their shorter side has this many pixels (aspect kept).
     chunk: frames decoded per step while building (bounds memory for long videos).
-    keep_open: memory maps kept open per process (least recently used are closed).
+    keep_open: memory maps kept open per process (least recently used are closed); None: as many as a quarter
+        of the process's open-file limit allows, at most 4096 (each map holds a file descriptor). Fewer maps
+        than a split's videos means re-opening (and re-parsing) every file every epoch.
     """
 
-    def __init__(self, root: str | os.PathLike, short_side: int, chunk: int = 64, keep_open: int = 256) -> None:
+    def __init__(self, root: str | os.PathLike, short_side: int, chunk: int = 64, keep_open: int | None = None
+                 ) -> None:
         self.root, self.short_side, self.chunk = Path(root), short_side, chunk
-        self.keep_open = keep_open
+        self.keep_open = keep_open if keep_open is not None else _default_keep_open()
         self._open: OrderedDict[Path, np.ndarray] = OrderedDict()
 
     def __getstate__(self) -> dict:  # DataLoader workers start with no open maps of their own
