@@ -109,6 +109,21 @@ def test_cam_layer_is_the_last_feature_map_before_pooling() -> None:
     assert grad_cam(resnet, torch.randn(2, 3, 32, 32))[0].shape[1:] == (2, 2)
 
 
+def test_a_vision_transformer_gets_its_patch_grid() -> None:
+    """ViT has no feature map (one class-token vector per frame) and its attention layers pass 4-D (N, heads,
+    tokens, dim) tensors: Grad-CAM reads the patch embedding's 14 x 14 map, never an attention tensor."""
+    torch.manual_seed(0)
+    net = build_network({"encoder": {"backbone": "timm:vit_tiny_patch16_224", "probe_size": 224},
+                         "head": HEADS["gru"]}, num_classes=3).eval()
+    clip = torch.randn(2, 3, 224, 224)
+    assert isinstance(cam_layer(net.encoder, clip[:1]), torch.nn.Conv2d)
+    cam, features, _, target = grad_cam(net, clip)
+    assert cam.shape == (2, 14, 14) and torch.isfinite(cam).all() and cam.max() > 0
+    importance = temporal_importance(net.head, features, target)
+    _check_outputs(cam_to_frames(cam, 120, 160, 224), importance, step_probabilities(net.head, features), 2, 3,
+                   (120, 160))
+
+
 def test_cam_is_placed_where_the_centre_crop_was_taken() -> None:
     # A 60 x 100 frame resized to short side 30 (-> 30 x 50) and centre-cropped to 30 x 30: columns 10..40 of
     # the resized frame, i.e. 20..80 of the decoded one. A map hot only in its left half lands on 20..50.

@@ -5,11 +5,11 @@ Everything works on a trained `CNNLSTM` whatever its encoder (torchvision, timm,
 BiLSTM, attention/mean/max pooling, no recurrence, custom cells):
 
 * Spatial map (`grad_cam`): Grad-CAM on the last convolutional feature map of the frame encoder, i.e. the last
-  module inside ``encoder.trunk`` whose output is a 4-D (N, C, h, w) map with h * w > 1 (`cam_layer`; for a CNN
-  that is the trunk's own output, the map its global pooling reads; a transformer without a map falls back to
-  its patch embedding). The gradient of the target class logit flows back through the classifier, temporal
-  pooling, the recurrent head and the encoder's pooling/projection into that map: per frame,
-  ``cam = ReLU(sum_c mean_hw(dlogit/dA_c) * A_c)``. The maps are mapped back onto the decoded frames (through
+  module inside ``encoder.trunk`` holding a convolution whose output is a 4-D (N, C, h, w) map with h * w > 1
+  (`cam_layer`; for a CNN that is the trunk's own output, the map its global pooling reads; a transformer
+  without a map falls back to its patch embedding). The gradient of the target class logit flows back through
+  the classifier, temporal pooling, the recurrent head and the encoder's pooling/projection into that map: per
+  frame ``cam = ReLU(sum_c mean_hw(dlogit/dA_c) * A_c)``. The maps are mapped back onto the decoded frames (through
   the eval transform's resize and centre crop; pixels the model never saw get 0) and normalised to [0, 1] by
   the clip's maximum (one scale for the whole clip, so faint frames stay faint).
 * Temporal importance (`temporal_importance`), by default ``sequential`` occlusion: the importance of frame t is
@@ -93,14 +93,20 @@ class Explanation:
 
 def cam_layer(encoder: nn.Module, frame: torch.Tensor) -> nn.Module:
     """The module whose output Grad-CAM reads: the last module of ``encoder.trunk`` (in order of completion,
-    so the trunk itself when its output qualifies) that returns a 4-D (N, C, h, w) map with h * w > 1; the
-    trunk itself when none does (its (N, C, 1, 1) output then gives a flat map). ``frame``: (1, 3, H, W), one
-    input frame as the model gets it."""
+    so the trunk itself when its output qualifies) that holds a convolution and returns a 4-D (N, C, h, w) map
+    with h * w > 1. For a CNN that is the trunk, whose map the encoder pools; when the trunk ends on a 1 x 1 map
+    (a large-stride CNN on small frames) the last stage with room for a location; for a transformer without a
+    feature map (ViT: one class-token vector per frame) its patch embedding (coarser: before every attention
+    block). Modules without a convolution are skipped: attention layers pass 4-D (N, heads, tokens, dim)
+    tensors that are not maps. Falls back to the trunk itself (a flat map). ``frame``: (1, 3, H, W), one input
+    frame as the model gets it."""
     trunk = encoder.trunk
     last: list[nn.Module] = []
+    convolutional = {id(m) for m in trunk.modules() if any(isinstance(c, nn.Conv2d) for c in m.modules())}
 
     def hook(module: nn.Module, _args: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
+        if (id(module) in convolutional and isinstance(output, torch.Tensor) and output.dim() == 4
+                and output.shape[2] * output.shape[3] > 1):
             last[:] = [module]
 
     handles = [m.register_forward_hook(hook) for m in trunk.modules()]
