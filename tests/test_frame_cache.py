@@ -57,3 +57,32 @@ def test_cache_is_built_once_and_rebuilt_when_things_change(tmp_path: Path, vide
     cache.frames(record)
     assert len(opened) == 3, "a modified source must be decoded again"
     assert not list((tmp_path / "cache").rglob("*.partial.npy"))
+
+
+def test_prepare_data_fills_the_cache_in_parallel_and_leaves_broken_videos_to_the_dataset(
+        make_config, messy_tree, tmp_path: Path) -> None:
+    """Every readable video of every split gets its entry before training (so the first epoch reads frames
+    too); a video that probes fine but cannot be cached gets none, is returned with its reason and is reported
+    by the dataset like any undecodable video."""
+    from hydra.utils import instantiate
+
+    root, bad = messy_tree
+    cfg = make_config("data=folder", f"data.root={root}", f"data.frame_cache={tmp_path / 'cache'}",
+                      "data.probe_workers=2", "data.val_fraction=0.2", "data.test_fraction=0.2")
+    datamodule = instantiate(cfg.data, seed=0)
+    datamodule.prepare_data()
+    assert set(datamodule.quarantined) == set(bad)
+    readable = [r for records in datamodule._index().values() for r in records if r.path not in bad]
+    assert len(readable) == 48 and all(datamodule.frame_cache.entry(r).is_file() for r in readable)
+    assert datamodule.frame_cache.fill(readable) == {}, "nothing left to build"
+
+    # A file that breaks after probing: no entry, its reason returned, the dataset reports it.
+    victim = readable[0]
+    datamodule.frame_cache.entry(victim).unlink()
+    Path(victim.path).write_bytes(b"garbage" * 100)
+    failed = datamodule.frame_cache.fill(readable, workers=2)
+    assert list(failed) == [victim.path] and failed[victim.path]
+    assert not datamodule.frame_cache.entry(victim).is_file()
+    sample = VideoClipDataset([victim], [victim.label], UniformSegmentSampler(4), lambda clip: clip,
+                              frame_cache=datamodule.frame_cache)[0]
+    assert sample.clip is None and [f.path for f in sample.failures] == [victim.path]

@@ -8,9 +8,11 @@ memory maps, so a clip touches only its own frames.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from vidlstm.data.index import VideoRecord, segment_frames
-from vidlstm.data.video import open_video
+from vidlstm.data.video import VideoDecodeError, open_video
+from vidlstm.data.video.deadlines import abandoned_threads
+from vidlstm.utils.pool import Lost, imap_killable
+from vidlstm.utils.progress import progress
 
 CACHE_FORMAT = 1
 
@@ -72,6 +77,28 @@ class FrameCache:
             self._open.popitem(last=False)
         return frames
 
+    def fill(self, records: Sequence[VideoRecord], backend: str = "auto", timeout_s: float | None = 60.0,
+             workers: int = 2) -> dict[str, str]:
+        """Build the entries of ``records`` not cached yet, in ``workers`` processes (a video stuck past
+        ``timeout_s`` is abandoned with its process), with a progress bar, so the first epoch reads frames
+        like every later one. Returns {path: reason} of the videos that could not be cached; they get no entry,
+        and the dataset reports them when it tries to read them, as it would without this step."""
+        todo = [r for r in records if not self.entry(r).is_file()]
+        failed: dict[str, str] = {}
+        if not todo:
+            return failed
+        build = functools.partial(_build_entry, self, backend=backend, timeout_s=timeout_s)
+        with progress() as bar:
+            task = bar.add_task(f"Decoding {len(todo)} videos into the frame cache {self.root}", total=len(todo))
+            results = (imap_killable(build, todo, workers, timeout_s, retire_if=abandoned_threads) if workers > 0
+                       else map(build, todo))
+            for record, result in zip(todo, results, strict=True):
+                reason = f"caching {result.reason}" if isinstance(result, Lost) else result
+                if reason:
+                    failed[record.path] = reason
+                bar.advance(task)
+        return failed
+
     def _build(self, record: VideoRecord, path: Path, backend: str, timeout_s: float | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
@@ -96,3 +123,15 @@ class FrameCache:
             frames = F.interpolate(frames.float(), size=(height, width), mode="bilinear", antialias=True,
                                    align_corners=False).round().clamp(0, 255).to(torch.uint8)
         return frames.permute(0, 2, 3, 1).numpy()
+
+
+def _build_entry(cache: FrameCache, record: VideoRecord, backend: str, timeout_s: float | None) -> str:
+    """Build ``record``'s entry (in a pool worker); "" when it worked, else why not."""
+    # One thread, as in a DataLoader worker: an OpenMP pool inherited through fork (the parent ran torch ops)
+    # would deadlock the resize.
+    torch.set_num_threads(1)
+    try:
+        cache._build(record, cache.entry(record), backend, timeout_s)
+    except (VideoDecodeError, OSError) as err:
+        return getattr(err, "reason", None) or str(err)
+    return ""

@@ -161,8 +161,8 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             there (`on_after_batch_transfer`): a quarter of the bytes through worker shared memory, pinned memory
             and the host-to-GPU copy, and no float pass in the workers. False: the loader returns float clips.
         decode_timeout_s: a video whose probing, opening or decoding takes longer fails.
-        frame_cache: folder for a `FrameCache` (None: decode every epoch); ``frame_cache_size`` is its short
-            side in pixels (default ``image_size``).
+        frame_cache: folder for a `FrameCache` (None: decode every epoch), filled in ``prepare_data`` by
+            ``probe_workers`` processes; ``frame_cache_size`` is its short side in pixels (default ``image_size``).
         feature_cache: train the head from cached features of a frozen encoder (see
             `vidlstm.training.features`); ``feature_cache_dir`` holds them as ``feature_dtype``.
         probe: open every video once at setup (in parallel, cached in ``probe_cache`` by path + size + mtime)
@@ -267,6 +267,9 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             self.preparer.prepare()
         if self.probe:
             self._probe(self._index(), report=True)
+        if self.frame_cache is not None:
+            readable = [r for records in self._index().values() for r in records if r.path not in self.quarantined]
+            self.frame_cache.fill(readable, self.backend, self.decode_timeout_s, self.probe_workers)
         self._prepared = True
 
     def _index(self) -> dict[str, list[VideoRecord]]:

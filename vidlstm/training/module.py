@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from vidlstm.common.metrics import accuracy_metrics
 from vidlstm.training.optim import balanced_class_weights, build_scheduler, parameter_groups
-from vidlstm.utils.seeding import derived_seed
+from vidlstm.utils.seeding import derived_seed, seed_step
 
 
 class VideoClassifier(L.LightningModule):
@@ -168,7 +168,7 @@ class VideoClassifier(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.seed is not None:
             # (epoch, batch) rather than global_step: micro-batches of one accumulated step differ too
-            torch.manual_seed(derived_seed(self.seed, "step", self.current_epoch, batch_idx, self.global_rank))
+            seed_step(derived_seed(self.seed, "step", self.current_epoch, batch_idx, self.global_rank))
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self._step(batch)
