@@ -42,10 +42,7 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
         ax.set_title(quantity)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], out_png: str | Path) -> Path:
@@ -65,10 +62,7 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], out
             for j in range(n):
                 colour = "white" if normalised[i, j] > 0.5 else "black"
                 ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def plot_attention(weights: np.ndarray, labels: Sequence[int], predictions: Sequence[int],
@@ -82,10 +76,7 @@ def plot_attention(weights: np.ndarray, labels: Sequence[int], predictions: Sequ
                                                                                      strict=True)])
     ax.set_title("Attention over time (true -> predicted), validation clips")
     fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def plot_per_class_accuracy(per_class: dict[str, float], out_png: str | Path) -> Path:
@@ -99,10 +90,7 @@ def plot_per_class_accuracy(per_class: dict[str, float], out_png: str | Path) ->
     ax.set_xlabel("accuracy")
     ax.set_title("Per-class accuracy")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def top_confusions(confusion: np.ndarray, class_names: Sequence[str], k: int = 10) -> list[tuple[str, str, int]]:
@@ -124,10 +112,7 @@ def plot_top_confusions(confusion: np.ndarray, class_names: Sequence[str], out_p
     ax.invert_yaxis()
     ax.set_xlabel("videos")
     ax.set_title("Top confusions (true -> predicted)" if pairs else "No confusions")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def read_lr_series(metrics_csv: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -154,6 +139,10 @@ def plot_lr(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
     ax.set_title("Learning rate")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, out_png)
+
+
+def _save(fig: plt.Figure, out_png: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
