@@ -94,9 +94,9 @@ def filmstrip(path: str, frames: int = 4, height: int = 72) -> str | None:
     from vidlstm.data.video import open_video
 
     try:
-        reader = open_video(path)
-        indices = np.linspace(0, max(reader.num_frames - 1, 0), frames).round().astype(int).tolist()
-        strip = torch.cat(list(reader.get_frames(indices)), dim=2).permute(1, 2, 0).numpy()  # (H, T*W, 3)
+        with open_video(path) as reader:
+            indices = np.linspace(0, max(reader.num_frames - 1, 0), frames).round().astype(int).tolist()
+            strip = torch.cat(list(reader.get_frames(indices)), dim=2).permute(1, 2, 0).numpy()  # (H, T*W, 3)
     except Exception as err:  # a report never fails over an example clip
         log.warning("No filmstrip for %s: %s", path, err)
         return None

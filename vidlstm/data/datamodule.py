@@ -16,7 +16,7 @@ from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, carve_splits
 from vidlstm.data.probe import append_bad_videos, probe_records
-from vidlstm.data.transforms import ClipTransform
+from vidlstm.data.transforms import uint8_and_float
 from vidlstm.data.video import AUTO_ORDER, backend_available
 from vidlstm.data.video.auto import GPU_BACKENDS
 from vidlstm.utils.seeding import derived_seed
@@ -105,10 +105,6 @@ def _check_decode_device(decode_device: str, backend: str, num_workers: int) -> 
     if not backend_available("torchcodec"):
         raise ValueError("data.decode_device=cuda decodes with torchcodec, which is not installed or cannot load "
                          "here (pip install -e '.[torchcodec]' and system FFmpeg)")
-
-
-def _identity(clips: torch.Tensor) -> torch.Tensor:
-    return clips
 
 
 class SplitLoaders:
@@ -235,6 +231,9 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         loader_speed(pin_memory, prefetch_factor, num_workers, None)  # a bad value fails here, not at fit time
         self.normalize_on_device = normalize_on_device
+        # {train?: (loader part, device part)}, split once: the device part runs on every batch
+        self._parts = {train: uint8_and_float(t) if normalize_on_device else (t, None)
+                       for train, t in ((True, self.train_transform), (False, self.eval_transform))}
         self.persistent_workers = persistent_workers and num_workers > 0
         self.backend, self.backend_order = backend, tuple(backend_order)
         self.decode_device = decode_device
@@ -265,10 +264,11 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             return
         if self.preparer is not None:
             self.preparer.prepare()
+        splits = self._index()
         if self.probe:
-            self._probe(self._index(), report=True)
+            self._probe(splits, report=True)
         if self.frame_cache is not None:
-            readable = [r for records in self._index().values() for r in records if r.path not in self.quarantined]
+            readable = [r for records in splits.values() for r in records if r.path not in self.quarantined]
             self.frame_cache.fill(readable, self.backend, self.decode_timeout_s, self.probe_workers)
         self._prepared = True
 
@@ -332,20 +332,12 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         counts = Counter(r.label for r in self.splits[split])
         return {name: counts.get(name, 0) for name in self.class_names}
 
-    def split_transform(self, train: bool) -> tuple[Callable, Callable]:
-        """(what the loader applies, what `on_after_batch_transfer` applies on the device): the transform's
-        uint8 steps and its float conversion with ``normalize_on_device``, else the whole transform and nothing."""
-        transform = self.train_transform if train else self.eval_transform
-        if self.normalize_on_device and isinstance(transform, ClipTransform):
-            return transform.split()
-        return transform, _identity
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 clips (``normalize_on_device``) become the model's float input, on the device they now sit on."""
         clips = getattr(batch, "clips", None)
         if isinstance(clips, torch.Tensor) and clips.dtype == torch.uint8:
             training = self.trainer is not None and self.trainer.training
-            batch = batch._replace(clips=self.split_transform(training)[1](clips))
+            batch = batch._replace(clips=self._parts[training][1](clips))
         return batch
 
     def dataset(self, split: str) -> VideoClipDataset:
@@ -356,7 +348,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             self.splits[split],
             self.class_names,
             sampler,
-            self.split_transform(train)[0],
+            self._parts[train][0],
             self.backend,
             self.max_retries,
             self.decode_timeout_s,

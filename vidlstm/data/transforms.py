@@ -39,7 +39,7 @@ class ClipTransform:
         steps = list(self.pipeline.transforms)
         cut = next((i for i, step in enumerate(steps) if isinstance(step, v2.ToDtype)), None)
         if cut is None:
-            return (lambda clip: clip), self
+            return identity, self
         return ClipTransform(steps[:cut]), ClipTransform(steps[cut:])
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
@@ -54,6 +54,17 @@ class ClipTransform:
 
     def __repr__(self) -> str:
         return f"ClipTransform({self.pipeline})"
+
+
+def identity(clip: torch.Tensor) -> torch.Tensor:
+    return clip
+
+
+def uint8_and_float(transform: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """(what a loader applies, what runs on the model's device): a `ClipTransform`'s uint8 steps and its float
+    conversion (`ClipTransform.split`); any other transform whole in the loader, nothing on the device."""
+    return transform.split() if isinstance(transform, ClipTransform) else (transform, identity)
 
 
 def interpolation_mode(name: str | None) -> InterpolationMode:

@@ -16,7 +16,7 @@ from torch import nn
 
 from vidlstm.common.checkpoint import CheckpointError, build_net, load_checkpoint
 from vidlstm.data.sampling import DenseClipSampler, MultiClipSampler, UniformSegmentSampler
-from vidlstm.data.transforms import ClipTransform, eval_transform
+from vidlstm.data.transforms import eval_transform, uint8_and_float
 from vidlstm.data.video import DEFAULT_TIMEOUT_S, VideoDecodeError, VideoReader, open_video
 
 PREDICTION_FIELDS = ("path", "status", "label", "score", "topk_labels", "topk_scores", "num_frames", "error")
@@ -115,8 +115,7 @@ class Predictor:
         self.num_frames, self.transform = num_frames, transform
         # The transform's uint8 steps and its float conversion: folder runs decode and resize in workers and
         # convert on the model's device (a quarter of the bytes between processes; see `clip_probabilities`).
-        self.uint8_transform, self.to_float = (transform.split() if isinstance(transform, ClipTransform)
-                                               else (transform, _identity))
+        self.uint8_transform, self.to_float = uint8_and_float(transform)
         self.num_clips, self.top_k = num_clips, min(top_k, len(self.class_names))
         self.backend, self.timeout_s = backend, timeout_s
         self.sampler = MultiClipSampler(num_frames, num_clips, clip="segments")
@@ -156,8 +155,7 @@ class Predictor:
         sampler = self.sampler if count == self.num_clips else MultiClipSampler(self.num_frames, count)
         clips = sampler(stop - first)
         frames = reader.get_frames([first + i for clip in clips for i in clip])
-        transform = self.uint8_transform if uint8 else self.transform
-        return torch.stack([transform(part) for part in frames.split(self.num_frames)])
+        return torch.stack([self._transform(uint8)(part) for part in frames.split(self.num_frames)])
 
     @functools.cached_property
     def window_sampler(self) -> Callable[[int], list[int]]:
@@ -170,8 +168,10 @@ class Predictor:
 
     def window_clip(self, reader: VideoReader, window: Window, uint8: bool = False) -> torch.Tensor:
         """Float (1, T, 3, H, W): the clip of one window, decoded in one call (``uint8``: as `video_clips`)."""
-        transform = self.uint8_transform if uint8 else self.transform
-        return transform(reader.get_frames(self.window_indices(window.first, window.stop)))[None]
+        return self._transform(uint8)(reader.get_frames(self.window_indices(window.first, window.stop)))[None]
+
+    def _transform(self, uint8: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.uint8_transform if uint8 else self.transform
 
     # --- the model ---
     @torch.no_grad()
@@ -232,10 +232,6 @@ class Predictor:
         except VideoDecodeError as err:
             return [{**self.error_row(str(path), err.reason), "start_s": "", "end_s": ""}]
         return [*rows, {**self.row(str(path), torch.stack(probs).mean(0), total), "start_s": "", "end_s": ""}]
-
-
-def _identity(clips: torch.Tensor) -> torch.Tensor:
-    return clips
 
 
 def resolve_device(device: str) -> str:

@@ -48,7 +48,6 @@ except ImportError as _missing:  # the optional `serve` extra
 
 from vidlstm.inference.predictor import Predictor, windows
 from vidlstm.inference.segments import segments_of
-from vidlstm.inference.stream import split_transform
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class ClipDecoder:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
-        self.geometric, _ = split_transform(predictor.transform)
+        self.geometric = predictor.uint8_transform
 
     def __call__(self, path: Path, window_s: float | None, stride_s: float | None, max_windows: int
                  ) -> dict[str, Any]:
@@ -212,7 +211,7 @@ class VideoAPI(LitAPI):
             torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // 2))
         self.predictor = Predictor.from_checkpoint(s.ckpt_path, device, s.num_clips, s.top_k, s.backend,
                                                    s.decode_timeout_s)
-        _, self.to_float = split_transform(self.predictor.transform)
+        self.to_float = self.predictor.to_float
         log.info("model loaded on %s: %d classes", device, len(self.predictor.class_names))
 
     def batch(self, inputs: list[dict[str, Any]]) -> tuple[np.ndarray, list[int]]:

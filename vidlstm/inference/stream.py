@@ -350,15 +350,6 @@ class Reader(threading.Thread):
 
 # ---- the model side ----------------------------------------------------------------------------------------------
 
-def split_transform(transform: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor],
-                                             Callable[[torch.Tensor], torch.Tensor]]:
-    """The eval transform as (resize + crop on uint8, conversion to normalised float); see `ClipTransform.split`.
-    A transform of another kind is kept whole behind an identity first part."""
-    from vidlstm.data.transforms import ClipTransform
-
-    return transform.split() if isinstance(transform, ClipTransform) else ((lambda x: x), transform)
-
-
 class _Engine:
     """What both states share: the network, the split transform, autocast on GPUs, window lines."""
 
@@ -370,7 +361,7 @@ class _Engine:
         self.max_lag_s = max_lag_s  # None: never drop (a file read at full speed)
         self.late = 0  # frames dropped here because they aged past max_lag_s while earlier ones were encoded
         self.fps, self.window_s, self.stride_s = fps, window_s, stride_s
-        self.geometric, self.to_float = split_transform(predictor.transform)
+        self.geometric, self.to_float = predictor.uint8_transform, predictor.to_float
         self.arrival: dict[int, float] = {}
         self.received = 0  # frames seen: the highest index + 1 (dropped ones included)
         self.encoded = 0  # frames that went through the CNN
