@@ -262,7 +262,8 @@ class ExampleCollector:
 
     def update(self, labels: Sequence[int], predictions: Sequence[int], failed_paths: Sequence[str]) -> None:
         count = len(labels) + len(failed_paths)
-        chunk = [r for r in self.records[self.position:self.position + count] if r.path not in set(failed_paths)]
+        failed = set(failed_paths)
+        chunk = [r for r in self.records[self.position:self.position + count] if r.path not in failed]
         self.position += count
         if not self.aligned or [r.label for r in chunk] != [self.names[int(t)] for t in labels]:
             self.aligned = False
