@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from vidlstm.data.dataset import VideoClipDataset, collate_clips
+from vidlstm.data.dataset import ClipBatch, VideoClipDataset, collate_clips
 from vidlstm.data.index import ClassFolderSource, VideoRecord
 from vidlstm.data.probe import probe_records
 from vidlstm.data.sampling import UniformSegmentSampler
@@ -114,3 +117,36 @@ def test_dataset_replaces_a_bad_video_and_reports_it(tiny_demo, tmp_path: Path) 
     batch = collate_clips([left_out, evaluation[1]])
     assert batch.clips.shape == (1, 4, 3, 32, 32) and batch.labels.tolist() == [0]
     assert collate_clips([left_out]).clips is None and collate_clips([left_out]).labels.numel() == 0
+
+
+def test_batches_from_worker_processes_equal_batches_made_in_process(tiny_demo, tmp_path: Path) -> None:
+    """Clips, int64 labels and failures cross from DataLoader workers unchanged (a batch whose videos all failed
+    included), and only the clips travel through shared memory: the labels go as a plain list."""
+    videos = sorted(Path(tiny_demo.split_dir("train")).glob("*/*.mp4"))[:5]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    records = [VideoRecord(str(p), p.parent.name) for p in videos[:2]] + [VideoRecord(str(broken), "grow")] * 2
+    records += [VideoRecord(str(p), p.parent.name) for p in videos[2:]]
+    classes = sorted({r.label for r in records})
+    dataset = VideoClipDataset(records, classes, UniformSegmentSampler(4), lambda clip: clip)
+    expected = [collate_clips([dataset[i] for i in range(start, min(start + 2, len(records)))])
+                for start in range(0, len(records), 2)]
+    assert expected[1].clips is None, "the all-failed batch is part of the check"
+    got = list(DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_clips))
+    for batch, reference in zip(got, expected, strict=True):
+        assert isinstance(batch, ClipBatch) and batch.failures == reference.failures
+        assert batch.labels.dtype == torch.int64 and torch.equal(batch.labels, reference.labels)
+        assert (batch.clips is None) == (reference.clips is None)
+        if reference.clips is not None:
+            assert torch.equal(batch.clips, reference.clips)
+
+    tensors: list[torch.Size] = []
+
+    class CountingPickler(ForkingPickler):  # what a worker's result queue pickles
+        def reducer_override(self, obj: object) -> object:
+            if isinstance(obj, torch.Tensor):
+                tensors.append(obj.shape)
+            return NotImplemented
+
+    CountingPickler(io.BytesIO()).dump(expected[0])
+    assert tensors == [expected[0].clips.shape]

@@ -55,3 +55,21 @@ def test_the_fused_normalisation_equals_the_v2_pipeline(make) -> None:
     got = transform(as_float)
     torch.manual_seed(3)
     torch.testing.assert_close(got, transform.pipeline(tv_tensors.Video(as_float)).as_subclass(torch.Tensor))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "nearest-exact"])
+def test_evaluation_resize_and_crop_called_directly_equal_v2_exactly(interpolation) -> None:
+    """Fixed resizes and centre crops skip v2's dispatch; every pixel still equals v2 on a video, for frames
+    already at size, smaller, larger, portrait, landscape and odd-sized, with and without a separate resize."""
+    from torchvision import tv_tensors
+
+    shapes = [(4, 3, 32, 32), (4, 3, 48, 64), (3, 3, 64, 48), (2, 3, 17, 91), (2, 3, 240, 320), (1, 3, 20, 20)]
+    for size, resize in [(32, None), (32, 40), (28, 28), (64, 80)]:
+        uint8_part, float_part = eval_transform(size, resize=resize, interpolation=interpolation).split()
+        for shape in shapes:
+            clip = torch.randint(0, 256, shape, dtype=torch.uint8)
+            reference = uint8_part.pipeline(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
+            got = uint8_part(clip)
+            assert type(got) is torch.Tensor and got.dtype == torch.uint8 and torch.equal(got, reference)
+            whole = eval_transform(size, resize=resize, interpolation=interpolation)
+            torch.testing.assert_close(whole(clip), float_part(got), atol=0, rtol=0)

@@ -27,19 +27,26 @@ class ClipSample(NamedTuple):
 
 class ClipBatch(NamedTuple):
     clips: torch.Tensor | None  # (B, T, 3, H, W), or (B, N, T, 3, H, W) with N clips per video; None: all failed
-    labels: torch.Tensor  # (B,), only the videos that decoded
+    labels: torch.Tensor  # (B,) int64, only the videos that decoded
     failures: list[Failure]
+
+    def __reduce__(self) -> tuple:
+        # Labels leave a DataLoader worker as a list: as a tensor, each batch would cost a shared-memory file and
+        # a second file-descriptor hand-over (a socket connection with authentication) for a few bytes.
+        return _rebuild_batch, (self.clips, self.labels.tolist(), self.failures)
+
+
+def _rebuild_batch(clips: torch.Tensor | None, labels: list[int], failures: list[Failure]) -> ClipBatch:
+    return ClipBatch(clips, torch.tensor(labels, dtype=torch.long), failures)
 
 
 def collate_clips(samples: list[ClipSample]) -> ClipBatch:
     """Stack the clips and labels of the videos that decoded; gather every failure so it reaches the main
     process. A batch whose videos all failed has ``clips=None`` and no labels."""
-    decoded = [(s.clip, s.label) for s in samples if s.clip is not None]
+    decoded = [s for s in samples if s.clip is not None]
     failures = [f for s in samples for f in s.failures]
-    if not decoded:
-        return ClipBatch(None, torch.zeros(0, dtype=torch.long), failures)
-    clips, labels = default_collate(decoded)
-    return ClipBatch(clips, labels, failures)
+    clips = default_collate([s.clip for s in decoded]) if decoded else None  # in a worker: into shared memory
+    return ClipBatch(clips, torch.tensor([s.label for s in decoded], dtype=torch.long), failures)
 
 
 class VideoClipDataset(Dataset):

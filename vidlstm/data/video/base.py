@@ -118,8 +118,7 @@ class VideoReader(ABC):
         if self.facts.rotation and not self.applies_rotation:
             decoded = torch.rot90(decoded, k=self.facts.rotation // 90, dims=(2, 3))
         position = {frame: row for row, frame in enumerate(unique)}
-        order = torch.as_tensor([position[i] for i in wanted], device=decoded.device)
-        return decoded.index_select(0, order).contiguous()
+        return _in_order(decoded, None if wanted == unique else [position[i] for i in wanted])
 
     def info(self) -> VideoInfo:
         return VideoInfo(self.path, self.num_frames, self.fps, self.height, self.width, self.backend)
@@ -136,3 +135,17 @@ class VideoReader(ABC):
 
 def _from_hwc(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+
+
+def _in_order(decoded: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
+    """``decoded`` (N, 3, H, W) as a contiguous tensor of its ``rows`` (None: all, in order). Decoders hand over
+    (N, H, W, 3) memory seen as (N, 3, H, W); numpy picks the rows and lays the pixels out as (N, 3, H, W) in one
+    pass, 3-4x faster than torch's strided uint8 copy (which is also multithreaded)."""
+    if decoded.device.type == "cpu" and decoded.permute(0, 2, 3, 1).is_contiguous():
+        frames = decoded.permute(0, 2, 3, 1).numpy()
+        if rows is not None:
+            frames = frames[rows]
+        return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+    if rows is not None:
+        decoded = decoded.index_select(0, torch.as_tensor(rows, device=decoded.device))
+    return decoded.contiguous()
