@@ -16,7 +16,7 @@ from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, carve_splits
 from vidlstm.data.probe import append_bad_videos, probe_records
-from vidlstm.data.transforms import uint8_and_float
+from vidlstm.data.transforms import identity, uint8_and_float
 from vidlstm.data.video import AUTO_ORDER, backend_available
 from vidlstm.data.video.auto import GPU_BACKENDS
 from vidlstm.utils.seeding import derived_seed
@@ -232,7 +232,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         loader_speed(pin_memory, prefetch_factor, num_workers, None)  # a bad value fails here, not at fit time
         self.normalize_on_device = normalize_on_device
         # {train?: (loader part, device part)}, split once: the device part runs on every batch
-        self._parts = {train: uint8_and_float(t) if normalize_on_device else (t, None)
+        self._parts = {train: uint8_and_float(t) if normalize_on_device else (t, identity)
                        for train, t in ((True, self.train_transform), (False, self.eval_transform))}
         self.persistent_workers = persistent_workers and num_workers > 0
         self.backend, self.backend_order = backend, tuple(backend_order)
@@ -264,7 +264,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             return
         if self.preparer is not None:
             self.preparer.prepare()
-        splits = self._index()
+        splits = self._index() if self.probe or self.frame_cache is not None else {}
         if self.probe:
             self._probe(splits, report=True)
         if self.frame_cache is not None:
