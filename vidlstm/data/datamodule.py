@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import Counter
@@ -12,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vidlstm.data.batch_memory import DEFAULT_SLOTS
 from vidlstm.data.cache import FrameCache
 from vidlstm.data.dataset import VideoClipDataset, collate_clips
 from vidlstm.data.index import SPLITS, VideoRecord, carve_splits
@@ -147,6 +149,9 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             out, never replaced; see `vidlstm.training.callbacks.BadVideoMonitor`).
         max_retries: replacements tried in a row for one training sample before giving up.
         num_workers / persistent_workers: DataLoader worker processes, kept alive between epochs.
+        batch_memory_slots: shared-memory buffers each worker reuses for its batches (a batch crosses to the
+            main process without a new file and file-descriptor hand-over; one still held is never
+            overwritten); 0: a fresh shared-memory file per batch, PyTorch's default (see `batch_memory`).
         decode_device: "cpu", or "cuda": decode with torchcodec's GPU decoder (NVDEC) on the training GPU and
             transform there, in the main process (``num_workers=0``); pays for high-resolution video, where CPU
             decoding cannot keep up. Files torchcodec refuses are decoded on the CPU and moved to the GPU.
@@ -195,6 +200,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         prefetch_factor: int | str = "auto",
         normalize_on_device: bool = True,
         persistent_workers: bool = True,
+        batch_memory_slots: int = DEFAULT_SLOTS,
         backend: str = "auto",
         backend_order: Sequence[str] = AUTO_ORDER,
         decode_device: str = "cpu",
@@ -235,6 +241,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
         self._parts = {train: uint8_and_float(t) if normalize_on_device else (t, identity)
                        for train, t in ((True, self.train_transform), (False, self.eval_transform))}
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.batch_memory_slots = batch_memory_slots
         self.backend, self.backend_order = backend, tuple(backend_order)
         self.decode_device = decode_device
         _check_decode_device(decode_device, backend, num_workers)
@@ -378,7 +385,7 @@ class VideoDataModule(SplitLoaders, L.LightningDataModule):
             drop_last=train and len(self.splits[split]) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers,
-            collate_fn=collate_clips,
+            collate_fn=functools.partial(collate_clips, batch_memory_slots=self.batch_memory_slots),
             **loader_speed(self.pin_memory if self.decode_device == "cpu" else False, self.prefetch_factor,
                            self.num_workers, self.trainer),  # frames decoded on the GPU are already there
         )

@@ -7,8 +7,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
+from vidlstm.data.batch_memory import DEFAULT_SLOTS, reduce_batch, stack_batch
 from vidlstm.data.cache import FrameCache
 from vidlstm.data.index import VideoRecord, segment_frames
 from vidlstm.data.video import AUTO_ORDER, VideoDecodeError, open_video
@@ -33,19 +34,21 @@ class ClipBatch(NamedTuple):
     def __reduce__(self) -> tuple:
         # Labels leave a DataLoader worker as a list: as a tensor, each batch would cost a shared-memory file and
         # a second file-descriptor hand-over (a socket connection with authentication) for a few bytes.
-        return _rebuild_batch, (self.clips, self.labels.tolist(), self.failures)
+        # Clips stacked into a worker's reused shared-memory slot cross as (slot, shape, dtype): `batch_memory`.
+        return _rebuild_batch, (reduce_batch(self.clips), self.labels.tolist(), self.failures)
 
 
 def _rebuild_batch(clips: torch.Tensor | None, labels: list[int], failures: list[Failure]) -> ClipBatch:
     return ClipBatch(clips, torch.tensor(labels, dtype=torch.long), failures)
 
 
-def collate_clips(samples: list[ClipSample]) -> ClipBatch:
+def collate_clips(samples: list[ClipSample], batch_memory_slots: int = DEFAULT_SLOTS) -> ClipBatch:
     """Stack the clips and labels of the videos that decoded; gather every failure so it reaches the main
-    process. A batch whose videos all failed has ``clips=None`` and no labels."""
+    process. A batch whose videos all failed has ``clips=None`` and no labels. In a DataLoader worker the clips
+    are stacked into one of ``batch_memory_slots`` reused shared-memory buffers (see `batch_memory`)."""
     decoded = [s for s in samples if s.clip is not None]
     failures = [f for s in samples for f in s.failures]
-    clips = default_collate([s.clip for s in decoded]) if decoded else None  # in a worker: into shared memory
+    clips = stack_batch([s.clip for s in decoded], batch_memory_slots) if decoded else None
     return ClipBatch(clips, torch.tensor([s.label for s in decoded], dtype=torch.long), failures)
 
 
