@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidlstm.data.batch_memory import received_slots
 from vidlstm.data.dataset import ClipSample, Failure, collate_clips
-from vidlstm.training.train import train
 
 
 class PatternClips(Dataset):
@@ -112,6 +111,26 @@ def test_slots_of_exited_workers_are_let_go() -> None:
     assert len(received_slots()) <= 2
 
 
+def test_a_new_process_with_a_reused_pid_drops_the_old_ones_slots() -> None:
+    import os
+
+    from vidlstm.data.batch_memory import _HEADER, _open_slot_batch
+
+    memory = torch.zeros(_HEADER + 6, dtype=torch.uint8)
+    memory[_HEADER:] = torch.arange(6)
+    mine = f"{os.getpid()}"
+    for process in (f"{mine}:old", f"{mine}:new"):
+        memory[0] = 1  # as the worker marks it
+        batch = _open_slot_batch(process, "slot", memory, (2, 3), torch.uint8)
+        view = batch[1]
+        assert torch.equal(batch, torch.arange(6, dtype=torch.uint8).view(2, 3))
+        del batch
+        assert memory[0] == 1, "a view of the batch still holds the slot"
+        del view
+        assert memory[0] == 0, "the slot is free once nothing views it"
+    assert f"{mine}:new" in received_slots() and f"{mine}:old" not in received_slots()
+
+
 def test_spawned_workers_use_slots_too() -> None:
     """One worker has at most prefetch_factor + 2 batches in use at once (2 queued, the one being returned and
     the one the loop still holds): that many slots carry every batch."""
@@ -127,6 +146,8 @@ def test_training_on_batches_from_worker_slots_equals_training_in_process(make_c
     """Through Lightning (which keeps a batch ahead): 2 persistent workers handing batches through slots train
     the same weights and test metrics as decoding in the main process (seeded per-sample sampling and
     augmentation make the data identical)."""
+    from vidlstm.training.train import train  # here: spawned workers import this module, and should stay light
+
     def run(*overrides: str) -> tuple[dict, dict[str, torch.Tensor]]:
         summary, objects = train(make_config("trainer.max_epochs=2", "seed=0", *overrides))
         return summary, {k: v.clone() for k, v in objects["module"].net.state_dict().items()}

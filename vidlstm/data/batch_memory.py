@@ -39,15 +39,16 @@ class _Slot:
 
 
 class _WorkerSlots:
-    """The slots of one worker process (a forked child starts with none of its parent's)."""
+    """The slots of one worker process (a forked child starts with none of its parent's). ``process`` names the
+    process apart from an earlier one that had the same pid."""
 
-    pid = -1
+    pid, process = -1, ""
     slots: list[_Slot] = []
 
     @classmethod
     def acquire(cls, nbytes: int, limit: int) -> _Slot | None:
         if cls.pid != os.getpid():
-            cls.pid, cls.slots = os.getpid(), []
+            cls.pid, cls.process, cls.slots = os.getpid(), f"{os.getpid()}:{secrets.token_hex(4)}", []
         slot = next((s for s in cls.slots if s.flags[0] == 0 and s.capacity >= nbytes), None)
         if slot is None and len(cls.slots) < limit:
             slot = _Slot(nbytes)
@@ -84,35 +85,36 @@ def reduce_batch(batch: torch.Tensor | None) -> object:
         return batch
     memory = None if slot.sent else slot.memory
     slot.sent = True
-    return _SlotBatch(os.getpid(), slot.token, memory, tuple(batch.shape), batch.dtype)
+    return _SlotBatch(_WorkerSlots.process, slot.token, memory, tuple(batch.shape), batch.dtype)
 
 
 class _SlotBatch:
-    def __init__(self, pid: int, token: str, memory: torch.Tensor | None, shape: tuple, dtype: torch.dtype):
-        self.args = (pid, token, memory, shape, dtype)
+    def __init__(self, process: str, token: str, memory: torch.Tensor | None, shape: tuple, dtype: torch.dtype):
+        self.args = (process, token, memory, shape, dtype)
 
     def __reduce__(self) -> tuple:
         return _open_slot_batch, self.args
 
 
-_received: dict[int, dict[str, np.ndarray]] = {}  # main process: {worker pid: {slot token: the slot's memory}}
+# main process: {worker process ("pid:nonce"): {slot token: the slot's memory}}
+_received: dict[str, dict[str, np.ndarray]] = {}
 
 
-def _open_slot_batch(pid: int, token: str, memory: torch.Tensor | None, shape: tuple,
+def _open_slot_batch(process: str, token: str, memory: torch.Tensor | None, shape: tuple,
                      dtype: torch.dtype) -> torch.Tensor:
     """Main process: the batch as a tensor over its slot, marking the slot free when that tensor's memory is
     released."""
     if memory is not None:
-        if pid not in _received:
-            _forget_exited_workers()
-            _received[pid] = {}
-        _received[pid][token] = memory.numpy()
+        if process not in _received:
+            _forget_exited_workers(new=process)
+            _received[process] = {}
+        _received[process][token] = memory.numpy()
     try:
-        slot = _received[pid][token]
+        slot = _received[process][token]
     except KeyError:
-        raise RuntimeError(f"a batch arrived in shared-memory slot {token} of worker process {pid}, whose memory "
-                           "was never received (a slot batch must go to the process that started the worker)"
-                           ) from None
+        raise RuntimeError(f"a batch arrived in shared-memory slot {token} of worker process {process}, whose "
+                           "memory was never received (a slot batch must go to the process that started the "
+                           "worker)") from None
     lease = slot[_HEADER: _HEADER + math.prod(shape) * dtype.itemsize]  # a view object owned by this batch alone
     weakref.finalize(lease, _mark_free, slot)
     return torch.from_numpy(lease).view(dtype).view(shape)
@@ -122,17 +124,23 @@ def _mark_free(slot: np.ndarray) -> None:
     slot[0] = 0
 
 
-def _forget_exited_workers() -> None:
-    """Drop the slots of worker processes that have exited (their batches still held keep their own memory)."""
-    for pid in list(_received):
+def _forget_exited_workers(new: str) -> None:
+    """Drop the slots of worker processes that have exited, ``new``'s pid included when an earlier process had
+    it (batches still held keep their own memory)."""
+    new_pid = new.split(":")[0]
+    for process in list(_received):
+        pid = process.split(":")[0]
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
+            exited = pid == new_pid
         except ProcessLookupError:
-            del _received[pid]
+            exited = True
         except PermissionError:
-            pass
+            exited = False
+        if exited:
+            _received.pop(process, None)
 
 
-def received_slots() -> dict[int, int]:
-    """{worker pid: slots whose memory this process holds}: for tests and diagnostics."""
-    return {pid: len(slots) for pid, slots in _received.items()}
+def received_slots() -> dict[str, int]:
+    """{worker process ("pid:nonce"): slots whose memory this process holds}: for tests and diagnostics."""
+    return {process: len(slots) for process, slots in _received.items()}
