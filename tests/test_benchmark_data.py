@@ -3,11 +3,14 @@ workers get, and the seek check runs on every backend that loads."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from vidlstm.cli.benchmark.data import _shares, bench_seek, long_video
+from vidlstm.cli.benchmark.common import timed
+from vidlstm.cli.benchmark.data import _PersistentProcesses, _shares, bench_loader, bench_seek, long_video
 from vidlstm.data.video import BACKENDS, available_backends, stream_facts
 
 
@@ -39,3 +42,27 @@ def test_seek_check_runs_on_every_backend(tmp_path: Path) -> None:
     assert set(results) == {b for b in available_backends() if not BACKENDS[b].unsuitable_reason(facts)}
     for ms in results.values():
         assert ms["read early"] > 0 and ms["read late"] > 0 and ms["ratio read"] > 0
+
+
+def test_loader_check_counts_the_cpu_of_processes_that_outlive_a_run(tiny_demo) -> None:
+    """Every loader/raw pair is measured, persistent ones included, and a persistent run's CPU time includes its
+    living processes' decoding (the main process alone would show a fraction of a millisecond per clip)."""
+    results = bench_loader(Path(tiny_demo.split_dir("train")), clips=24, num_frames=4, size=32, repeats=2)
+    for workers in (0, 2):
+        processes = max(1, workers)
+        names = [f"raw decoding x{processes}", f"raw + transform x{processes}", f"loader {workers} workers"]
+        names += [f"raw decoding x{workers} persistent", f"loader {workers} workers persistent"] if workers else []
+        for name in names:
+            rate, cpu_ms, walls = results[name]
+            assert rate > 0 and len(walls) == 2 and cpu_ms > 0.5, (name, results[name])
+    main_only = timed(lambda: time.sleep(0.05))[1]
+    assert main_only < 0.02
+
+
+def test_persistent_raw_processes_report_a_failed_share(tmp_path: Path) -> None:
+    with _PersistentProcesses(2) as processes:
+        pids = processes.pids()
+        processes.run([[], []], "auto")  # nothing to decode
+        with pytest.raises(RuntimeError, match="failed"):
+            processes.run([[(str(tmp_path / "missing.mp4"), [0])], []], "auto")
+        assert processes.pids() == pids, "the same processes serve every run"

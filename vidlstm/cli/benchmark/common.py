@@ -13,13 +13,27 @@ import torch
 from vidlstm.data.synthetic import DemoDataset
 
 
-def timed(work: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process and of the child processes it waited for) of ``work()``; CPU
-    time is what other load on the machine does not inflate."""
-    before, started = os.times(), time.perf_counter()
+def timed(work: Callable[[], object], living: list[int] = ()) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, of the child processes it waited for and of the ``living``
+    processes (Linux: read from /proc)) of ``work()``; CPU time is what other load on the machine does not
+    inflate."""
+    before, living_before, started = os.times(), process_cpu_s(living), time.perf_counter()
     work()
     wall, after = time.perf_counter() - started, os.times()
-    return wall, sum(after[:4]) - sum(before[:4])  # user, system, children's user, children's system
+    # user, system, children's user, children's system
+    return wall, sum(after[:4]) - sum(before[:4]) + process_cpu_s(living) - living_before
+
+
+def process_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the processes ``pids`` have used so far; 0 without /proc."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
 
 
 def median_ms(work: Callable[[], None], repeats: int) -> float:

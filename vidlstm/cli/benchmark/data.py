@@ -3,8 +3,10 @@ The loader check runs our dataset in a DataLoader with N workers (N = 0 and 2) a
 the same decoding (same files, same frame indices, same backend choice, one torch thread per worker process,
 the same round-robin share of batches per process): ratio loader / raw decoding (target >= 0.9), and loader /
 (raw decoding + the same transform), which leaves only the loader's own cost. The loader is the one training
-uses (``data.normalize_on_device=true``): it hands over uint8 clips at the model's size and the float
-conversion + normalisation run on the training device; the fully normalising loader is printed beside it.
+uses (``data.normalize_on_device=true``, reused batch memory): it hands over uint8 clips at the model's size and
+the float conversion + normalisation run on the training device; the fully normalising loader is printed beside
+it. With workers it is measured twice: started for each epoch against raw processes started for each run, and
+with persistent workers (training's default) against raw processes that also live across runs.
 The seek check reads a 16-frame clip (every 2nd frame) from the first and from the last 10% of a 10-minute 480p
 H.264 video (x264 ultrafast, a keyframe every 2 s; generated once into ./data/benchmark), each from a freshly
 opened reader as a dataset does, interleaved, and prints per backend the median cost of each and late / early
@@ -15,6 +17,7 @@ Without ``--videos`` the demo dataset is used (rendered into ./data/demo on firs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -23,6 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -62,6 +66,59 @@ def _in_processes(shares: list[list[tuple[str, list[int]]]], backend: str, trans
             raise RuntimeError(f"a raw decoding process failed (exit code {process.exitcode})")
 
 
+class _PersistentProcesses:
+    """``count`` raw decoding processes that live across runs, as persistent DataLoader workers do; each run
+    hands process i share i."""
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context()
+        self.pipes = [context.Pipe() for _ in range(count)]
+        self.processes = [context.Process(target=_serve_shares, args=(child,), daemon=True)
+                          for _, child in self.pipes]
+        for process in self.processes:
+            process.start()
+
+    def run(self, shares: list[list[tuple[str, list[int]]]], backend: str) -> None:
+        for (parent, _), share in zip(self.pipes, shares, strict=True):
+            parent.send((share, backend))
+        for parent, _ in self.pipes:
+            if parent.recv() != "done":
+                raise RuntimeError("a persistent raw decoding process failed")
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def __enter__(self) -> _PersistentProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for parent, _ in self.pipes:
+            parent.send(None)
+        for process in self.processes:
+            process.join()
+
+
+def _serve_shares(pipe: Connection) -> None:
+    while (job := pipe.recv()) is not None:
+        try:
+            _decode_share(*job, None)
+            pipe.send("done")
+        except Exception as err:  # reported to the parent, which raises
+            pipe.send(f"failed: {err}")
+
+
+def _worker_pids(loader: DataLoader) -> list[int]:
+    """The processes of a persistent loader's workers (DataLoader keeps its iterator and its workers)."""
+    iterator = getattr(loader, "_iterator", None)
+    return [w.pid for w in getattr(iterator, "_workers", [])]
+
+
+def _stop_workers(loader: DataLoader) -> None:
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        iterator._shutdown_workers()
+
+
 def _shares(work: list[tuple[str, list[int]]], workers: int, batch_size: int) -> list[list[tuple[str, list[int]]]]:
     """Split ``work`` as DataLoader does: batch b goes to worker b % workers (everything to one when none)."""
     batches = [work[i: i + batch_size] for i in range(0, len(work), batch_size)]
@@ -76,10 +133,11 @@ def _consume(loader: DataLoader) -> None:
 
 
 def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: int, batch_size: int = 8,
-                 backend: str = "auto") -> dict[str, tuple[float, float]]:
-    """{name: (clips/s, CPU ms per clip)} of raw decoding per backend, and for N = 0 and 2 workers of: N raw
-    decoding processes, the same plus the transform, and our DataLoader (median of ``repeats`` interleaved runs);
-    and of frame-cache epochs."""
+                 backend: str = "auto") -> dict[str, tuple[float, float, list[float]]]:
+    """{name: (clips/s, CPU ms per clip, wall seconds of each run)} of raw decoding per backend, and for N = 0
+    and 2 workers of: N raw decoding processes, the same plus the transform, and our DataLoader (medians of
+    ``repeats`` interleaved runs), with workers also persistent ones against persistent raw processes; and of
+    frame-cache epochs."""
     records = list(itertools.islice(itertools.cycle(ClassFolderSource(videos).records()), clips))
     sampler = UniformSegmentSampler(num_frames)
     work = []
@@ -88,11 +146,11 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
             work.append((record.path, [first + i for i in sampler(stop - first)]))
 
-    def measured(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    def measured(runs: list[tuple[float, float]]) -> tuple[float, float, list[float]]:
         wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-        return len(work) / wall, cpu * 1e3 / len(work)
+        return len(work) / wall, cpu * 1e3 / len(work), [r[0] for r in runs]
 
-    results: dict[str, tuple[float, float]] = {}
+    results: dict[str, tuple[float, float, list[float]]] = {}
     for name in available_backends():
         if any(BACKENDS[name].unsuitable_reason(stream_facts(p)) for p, _ in work):
             print(f"  {name:<22} skipped: unsuitable for some of these files")
@@ -114,11 +172,24 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
             f"loader {workers} workers": lambda loader=uint8_loader: _consume(loader),
             f"loader {workers} workers, float": lambda loader=float_loader: _consume(loader),
         }
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-        for repeat in range(repeats):
-            order = list(runs)[repeat % len(runs):] + list(runs)[: repeat % len(runs)]  # rotate who goes first
-            for name in order:
-                times[name].append(timed(runs[name]))
+        living: dict[str, Callable[[], list[int]]] = {}  # runs whose processes outlive them: their pids
+        with contextlib.ExitStack() as persistent:
+            if workers:
+                pool = persistent.enter_context(_PersistentProcesses(workers))
+                kept = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
+                                  persistent_workers=True)
+                persistent.callback(_stop_workers, kept)
+                raw_name, loader_name = f"raw decoding x{workers} persistent", f"loader {workers} workers persistent"
+                runs[raw_name] = lambda s=shares, pool=pool: pool.run(s, backend)
+                runs[loader_name] = lambda loader=kept: _consume(loader)
+                living = {raw_name: pool.pids, loader_name: lambda loader=kept: _worker_pids(loader)}
+                for name in living:
+                    runs[name]()  # started once, as training's first epoch starts them
+            times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+            for repeat in range(repeats):
+                order = list(runs)[repeat % len(runs):] + list(runs)[: repeat % len(runs)]  # rotate who goes first
+                for name in order:
+                    times[name].append(timed(runs[name], living.get(name, list)()))
         results.update({name: measured(t) for name, t in times.items()})
     with tempfile.TemporaryDirectory() as cache_dir:
         cached = VideoClipDataset(records, classes, sampler, in_loader, frame_cache=FrameCache(cache_dir, size))
@@ -207,15 +278,19 @@ def run(args: argparse.Namespace) -> None:
     results = bench_loader(videos, args.clips, args.num_frames, args.size, args.repeats)
     with open_video(next(iter(ClassFolderSource(videos).records())).path) as reader:
         print(f"  (the loader and the raw decoding processes open videos with backend auto: {reader.backend})")
-    for name, (rate, cpu_ms) in results.items():
-        print(f"  {name:<26} {rate:8.1f} clips/s   {cpu_ms:6.2f} ms CPU per clip")
+    for name, (rate, cpu_ms, _) in results.items():
+        print(f"  {name:<36} {rate:8.1f} clips/s   {cpu_ms:6.2f} ms CPU per clip")
     for workers in (0, 2):
         processes = max(1, workers)
-        rate, cpu_ms = results[f"loader {workers} workers"]
-        for raw, note in (("raw decoding", "target >= 0.9"), ("raw + transform", "the loader's own cost")):
-            raw_rate, raw_cpu_ms = results[f"{raw} x{processes}"]
-            print(f"  ratio loader({workers} workers) / {raw} in {processes} process(es): {rate / raw_rate:.2f}   "
-                  f"({note}; by CPU time {raw_cpu_ms / cpu_ms:.2f})")
+        pairs = [("raw decoding", "", "target >= 0.9"), ("raw + transform", "", "the loader's own cost")]
+        pairs += [("raw decoding", " persistent", "target >= 0.9")] if workers else []
+        for raw, kept, note in pairs:
+            rate, cpu_ms, walls = results[f"loader {workers} workers{kept}"]
+            raw_rate, raw_cpu_ms, raw_walls = results[f"{raw} x{processes}{kept}"]
+            per_run = sorted(r / w for r, w in zip(raw_walls, walls, strict=True))  # run i of each: interleaved
+            print(f"  ratio loader({workers}{kept} workers) / {raw} in {processes}{kept} process(es): "
+                  f"{rate / raw_rate:.2f}   ({note}; by CPU time {raw_cpu_ms / cpu_ms:.2f}; run by run "
+                  f"{per_run[0]:.2f}-{per_run[-1]:.2f}, middle half {_quartiles(per_run)})")
         float_rate = results[f"loader {workers} workers, float"][0]
         print(f"  ratio float loader({workers} workers) / raw decoding in {processes} process(es): "
               f"{float_rate / results[f'raw decoding x{processes}'][0]:.2f}   (normalising in the workers)")
@@ -232,12 +307,20 @@ def run(args: argparse.Namespace) -> None:
               f" ms  late {ms['open+read late']:8.1f} ms  late/early {ms['ratio open+read']:5.2f}")
 
 
+def _quartiles(values: list[float]) -> str:
+    """The middle half of sorted ``values``, e.g. "0.91-0.96" (this machine's run-to-run noise)."""
+    if len(values) < 4:
+        return f"{values[0]:.2f}-{values[-1]:.2f}"
+    low, _, high = statistics.quantiles(values, n=4)
+    return f"{low:.2f}-{high:.2f}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=Path, help="class-per-folder tree of videos (default: the demo dataset)")
-    parser.add_argument("--clips", type=int, default=256, help="clips decoded per measurement")
+    parser.add_argument("--clips", type=int, default=512, help="clips decoded per measurement")
     parser.add_argument("--num-frames", type=int, default=16, help="frames per clip")
     parser.add_argument("--size", type=int, default=64, help="crop size of the dataset's transform")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per loader measurement (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved runs per loader measurement (median)")
     parser.add_argument("--long-video", type=Path, help="video for the seek check (default: a generated "
                                                           "10-minute 480p H.264 file in ./data/benchmark)")
     parser.add_argument("--seek-repeats", type=int, default=11, help="early and late clips per backend (median)")
