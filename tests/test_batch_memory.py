@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import functools
+import gc
+import io
+import multiprocessing
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -10,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vidlstm.data.batch_memory import received_slots
-from vidlstm.data.dataset import ClipSample, Failure, collate_clips
+from vidlstm.data.dataset import ClipBatch, ClipSample, Failure, collate_clips
 
 
 class PatternClips(Dataset):
@@ -112,8 +118,6 @@ def test_slots_of_exited_workers_are_let_go() -> None:
 
 
 def test_a_new_process_with_a_reused_pid_drops_the_old_ones_slots() -> None:
-    import os
-
     from vidlstm.data.batch_memory import _HEADER, _open_slot_batch
 
     memory = torch.zeros(_HEADER + 6, dtype=torch.uint8)
@@ -129,6 +133,46 @@ def test_a_new_process_with_a_reused_pid_drops_the_old_ones_slots() -> None:
         del view
         assert memory[0] == 0, "the slot is free once nothing views it"
     assert f"{mine}:new" in received_slots() and f"{mine}:old" not in received_slots()
+
+
+def _collate_then_copy(samples: list[ClipSample]):
+    """In a worker: copies and plain pickles of a slot batch are ordinary batches, and leave its way to the main
+    process intact."""
+    batch = collate_clips(samples, batch_memory_slots=4)
+    buffer = io.BytesIO()
+    torch.save(batch, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(batch), pickle.loads(pickle.dumps(batch)), torch.load(buffer, weights_only=False)):
+        assert isinstance(other, ClipBatch) and type(other.clips) is type(batch.clips)
+        assert other.clips is None or torch.equal(other.clips, batch.clips)
+    return batch
+
+
+def test_copying_or_pickling_a_batch_in_a_worker_leaves_it_intact() -> None:
+    dataset = PatternClips(40)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=_collate_then_copy)
+    for batch, reference in zip(loader, _reference(dataset, 4), strict=True):
+        _assert_equal(batch, reference)
+        assert batch.clips is None or not batch.clips.is_shared(), "slot batches still reach the main process"
+
+
+def _drop_and_exit(holder: list) -> None:
+    holder.clear()  # the batch inherited from the parent: its finaliser runs here, in the child
+    gc.collect()
+
+
+def test_a_forked_child_dropping_an_inherited_batch_does_not_free_the_parents_slot() -> None:
+    from vidlstm.data.batch_memory import _HEADER, _open_slot_batch
+
+    memory = torch.zeros(_HEADER + 8, dtype=torch.uint8).share_memory_()  # as a worker's slot: seen by both
+    memory[0] = 1
+    holder = [_open_slot_batch(f"{os.getpid()}:fork", "slot", memory, (8,), torch.uint8)]
+    child = multiprocessing.get_context("fork").Process(target=_drop_and_exit, args=(holder,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0 and memory[0] == 1, "the parent still holds the batch"
+    holder.clear()
+    assert memory[0] == 0
 
 
 def test_spawned_workers_use_slots_too() -> None:

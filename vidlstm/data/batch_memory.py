@@ -28,7 +28,8 @@ _HEADER = 64  # bytes before a slot's data; byte 0 is 1 while the slot's batch m
 
 
 class _Slot:
-    """Worker side: one shared-memory buffer and whether the main process has been sent its memory yet."""
+    """Worker side: one shared-memory buffer, the batch it holds now, and whether the main process has been sent
+    its memory yet."""
 
     def __init__(self, nbytes: int) -> None:
         self.memory = torch.empty(_HEADER + nbytes, dtype=torch.uint8).share_memory_()
@@ -36,6 +37,7 @@ class _Slot:
         self.capacity = nbytes
         self.token = secrets.token_hex(8)
         self.sent = False
+        self.batch: weakref.ref | None = None
 
 
 class _WorkerSlots:
@@ -63,7 +65,7 @@ def stack_batch(tensors: list[torch.Tensor], slots: int = DEFAULT_SLOTS) -> torc
     buffers (0: a fresh shared-memory file per batch, PyTorch's default). Tensors of different shapes or dtypes
     fail as in ``default_collate``."""
     first = tensors[0]
-    if (slots <= 0 or get_worker_info() is None or os.name != "posix"
+    if (slots <= 0 or get_worker_info() is None or os.name != "posix" or first.device.type != "cpu"
             or any(t.shape != first.shape or t.dtype != first.dtype for t in tensors)):
         return default_collate(tensors)
     shape = (len(tensors), *first.shape)
@@ -72,15 +74,22 @@ def stack_batch(tensors: list[torch.Tensor], slots: int = DEFAULT_SLOTS) -> torc
     if slot is None:
         return default_collate(tensors)
     batch = slot.memory[_HEADER: _HEADER + nbytes].view(first.dtype).view(shape)
-    torch.stack(tensors, out=batch)
-    batch._vidlstm_slot = slot  # read by `reduce_batch` when the batch is pickled for the main process
+    try:
+        torch.stack(tensors, out=batch)
+    except BaseException:
+        slot.flags[0] = 0  # never handed out
+        raise
+    slot.batch = weakref.ref(batch)  # found again by `reduce_for_main_process`
     return batch
 
 
-def reduce_batch(batch: torch.Tensor | None) -> object:
-    """What to pickle for ``batch`` on its way from a worker: a small `_SlotBatch` if it lives in a slot (the
-    slot's memory itself only the first time), else the tensor (PyTorch's shared-memory path)."""
-    slot = getattr(batch, "_vidlstm_slot", None)
+def reduce_for_main_process(batch: torch.Tensor | None) -> object:
+    """What a worker's result queue pickles for ``batch``: a small `_SlotBatch` if it is a slot's batch (the
+    slot's memory itself only the first time), else the tensor (PyTorch's shared-memory path). Only for the
+    queue to the main process: any other pickling or copy sees a plain tensor."""
+    if batch is None or _WorkerSlots.pid != os.getpid():
+        return batch
+    slot = next((s for s in _WorkerSlots.slots if s.batch is not None and s.batch() is batch), None)
     if slot is None:
         return batch
     memory = None if slot.sent else slot.memory
@@ -116,12 +125,13 @@ def _open_slot_batch(process: str, token: str, memory: torch.Tensor | None, shap
                            "memory was never received (a slot batch must go to the process that started the "
                            "worker)") from None
     lease = slot[_HEADER: _HEADER + math.prod(shape) * dtype.itemsize]  # a view object owned by this batch alone
-    weakref.finalize(lease, _mark_free, slot)
+    weakref.finalize(lease, _mark_free, slot, os.getpid()).atexit = False
     return torch.from_numpy(lease).view(dtype).view(shape)
 
 
-def _mark_free(slot: np.ndarray) -> None:
-    slot[0] = 0
+def _mark_free(slot: np.ndarray, owner: int) -> None:
+    if os.getpid() == owner:  # a forked child inherits the finaliser, not the batch: its copy must not free it
+        slot[0] = 0
 
 
 def _forget_exited_workers(new: str) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from multiprocessing.reduction import ForkingPickler
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from vidlstm.data.batch_memory import DEFAULT_SLOTS, reduce_batch, stack_batch
+from vidlstm.data.batch_memory import DEFAULT_SLOTS, reduce_for_main_process, stack_batch
 from vidlstm.data.cache import FrameCache
 from vidlstm.data.index import VideoRecord, segment_frames
 from vidlstm.data.video import AUTO_ORDER, VideoDecodeError, open_video
@@ -31,11 +32,16 @@ class ClipBatch(NamedTuple):
     labels: torch.Tensor  # (B,) int64, only the videos that decoded
     failures: list[Failure]
 
-    def __reduce__(self) -> tuple:
-        # Labels leave a DataLoader worker as a list: as a tensor, each batch would cost a shared-memory file and
-        # a second file-descriptor hand-over (a socket connection with authentication) for a few bytes.
-        # Clips stacked into a worker's reused shared-memory slot cross as (slot, shape, dtype): `batch_memory`.
-        return _rebuild_batch, (reduce_batch(self.clips), self.labels.tolist(), self.failures)
+
+def _reduce_between_processes(batch: ClipBatch) -> tuple:
+    """How a ClipBatch crosses multiprocessing queues (registered with ForkingPickler; plain pickle and copies
+    are unchanged). Labels go as a list: as a tensor, each batch would cost a shared-memory file and a second
+    file-descriptor hand-over (a socket connection with authentication) for a few bytes. Clips stacked into a
+    worker's reused shared-memory slot cross as (slot, shape, dtype): see `batch_memory`."""
+    return _rebuild_batch, (reduce_for_main_process(batch.clips), batch.labels.tolist(), batch.failures)
+
+
+ForkingPickler.register(ClipBatch, _reduce_between_processes)
 
 
 def _rebuild_batch(clips: torch.Tensor | None, labels: list[int], failures: list[Failure]) -> ClipBatch:
