@@ -32,7 +32,10 @@ class _Slot:
     its memory yet."""
 
     def __init__(self, nbytes: int) -> None:
-        self.memory = torch.empty(_HEADER + nbytes, dtype=torch.uint8).share_memory_()
+        # allocated in shared memory (as default_collate does), not allocated privately and copied there
+        storage = torch.UntypedStorage._new_shared(_HEADER + nbytes)
+        self.memory = torch.empty(0, dtype=torch.uint8).set_(storage)
+        self.memory[0] = 0
         self.flags = self.memory.numpy()
         self.capacity = nbytes
         self.token = secrets.token_hex(8)

@@ -81,9 +81,10 @@ class _PersistentProcesses:
     def run(self, shares: list[list[tuple[str, list[int]]]], backend: str) -> None:
         for (parent, _), share in zip(self.pipes, shares, strict=True):
             parent.send((share, backend))
-        for parent, _ in self.pipes:
-            if parent.recv() != "done":
-                raise RuntimeError("a persistent raw decoding process failed")
+        replies = [parent.recv() for parent, _ in self.pipes]
+        failed = [reply for reply in replies if reply != "done"]
+        if failed:
+            raise RuntimeError(f"a persistent raw decoding process {failed[0]}")
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
