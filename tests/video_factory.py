@@ -212,3 +212,43 @@ def stream_counts(path: Path) -> tuple[int, int]:
         packets = sum(1 for packet in container.demux(stream) if packet.size)
         container.seek(0, stream=stream)
         return packets, sum(1 for _ in container.decode(stream))
+
+
+# ---- containers and codecs from the wild: where frame numbers and timestamps part ways ----------------------------
+
+# name -> (file suffix, codec, pixel format, encoder options) of streams encoded directly
+WILD_CODECS = {
+    "hevc_mp4": (".mp4", "libx265", "yuv420p", {"crf": "18", "x265-params": "bframes=4:keyint=12:log-level=error"}),
+    "h264_interlaced": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "2", "g": "12", "flags": "+ildct+ilme",
+                                                       "x264-params": "interlaced=1"}),
+    "wmv2_asf": (".wmv", "wmv2", "yuv420p", {"g": "12", "b": "4M"}),
+}
+# name -> file suffix of the `long_indexed_video` H.264 stream (B-frames) written into other containers
+WILD_CONTAINERS = {
+    "h264_avi": ".avi",  # AVI keeps no presentation times: the demuxer guesses them
+    "h264_flv": ".flv",
+    "h264_ts": ".ts",
+    "h264_fmp4": ".mp4",  # fragmented MP4 (moov without samples, then fragments): no frame table
+}
+
+
+def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
+    """A `WILD_CODECS` or `WILD_CONTAINERS` file whose frames spell their index in `LONG_BITS` stripes."""
+    if name in WILD_CODECS:
+        suffix, codec, pix_fmt, options = WILD_CODECS[name]
+        return write_video(path.with_suffix(suffix), _indexed_frames(num_frames), codec, pix_fmt, options)
+    if name != "h264_fmp4":
+        _, codec, pix_fmt, options = CODECS["h264_bframes"]
+        return write_video(path.with_suffix(WILD_CONTAINERS[name]), _indexed_frames(num_frames), codec, pix_fmt,
+                           options)
+    source = long_indexed_video(path.with_name(path.name + "_source"), "h264_bframes", num_frames)
+    with av.open(str(source)) as inside, av.open(str(path.with_suffix(".mp4")), "w", format="mp4", options={
+            "movflags": "frag_keyframe+empty_moov", "avoid_negative_ts": "make_zero"}) as outside:
+        stream = inside.streams.video[0]
+        copy = outside.add_stream_from_template(stream)
+        for packet in inside.demux(stream):
+            if packet.dts is None:  # the demuxer's end-of-stream marker
+                continue
+            packet.stream = copy
+            outside.mux(packet)
+    return path.with_suffix(".mp4")

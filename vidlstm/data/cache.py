@@ -25,7 +25,8 @@ from vidlstm.data.video.deadlines import abandoned_threads
 from vidlstm.utils.pool import Lost, imap_killable
 from vidlstm.utils.progress import progress
 
-CACHE_FORMAT = 1
+# Part of every key. 2: files that decord/torchcodec decoded wrongly before (AVI, MPEG-TS, ...) are decoded again
+CACHE_FORMAT = 2
 
 
 def _default_keep_open() -> int:

@@ -17,7 +17,7 @@ import torch
 
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, _limited, _stuck_before
 from vidlstm.data.video.errors import FrameOutOfRange, VideoDecodeError, _one_line
-from vidlstm.data.video.facts import StreamFacts, VideoInfo, stream_facts
+from vidlstm.data.video.facts import MP4_FAMILY, StreamFacts, VideoInfo, stream_facts
 
 # Backends that turn a frame index into a packet or timestamp from the container's index instead of counting
 # decoded frames in order. They refuse streams where packets and frames do not line up one to one at a steady rate
@@ -25,6 +25,11 @@ from vidlstm.data.video.facts import StreamFacts, VideoInfo, stream_facts
 # show no picture (VP8 alt-ref frames: torchcodec wrong on every read, decord counts them as frames and repeats
 # the last one past the real end), and any variable frame rate (decord was off by one on 9 of 500 repeated reads
 # of a 25/50 fps .mkv in issue 12).
+# They also trust the container to give every frame its presentation time, which only containers with a frame
+# table do (`StreamFacts.indexes_frames`); elsewhere they serve intra-only streams alone. Measured on H.264 with
+# B-frames (tests/test_video_exact.py): in AVI (no presentation times) torchcodec and decord were wrong on 52 of
+# 60 reads, in fragmented MP4 and FLV on 13-17 of 60, in MPEG-TS decord on every read while torchcodec failed;
+# decord was wrong on 36 of 60 reads of WMV2 in ASF.
 INDEX_MAPPING_BACKENDS = frozenset({"decord", "torchcodec"})
 
 
@@ -54,6 +59,9 @@ class VideoReader(ABC):
             if facts.hidden_frames:
                 return (f"{cls.backend} decodes streams with hidden frames wrongly ({facts.num_packets} packets, "
                         f"{facts.num_frames} frames)")
+            if not (facts.indexes_frames or facts.intra_only):
+                return (f"{cls.backend} decodes {_container_name(facts)} streams with inter-coded frames wrongly (no "
+                        "frame table with presentation times to map frame numbers through)")
         return None
 
     timeout_s: float | None = DEFAULT_TIMEOUT_S  # limit for one get_frames call (see `time_limit`)
@@ -131,6 +139,12 @@ class VideoReader(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _container_name(facts: StreamFacts) -> str:
+    if facts.container == MP4_FAMILY:
+        return "fragmented MP4"
+    return facts.container.split(",")[0].upper() or "unknown-container"
 
 
 def _from_hwc(frames: np.ndarray) -> torch.Tensor:

@@ -27,6 +27,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 
 # Codecs whose streams may carry frames that are decoded but never shown, in packets of their own.
 CODECS_HIDING_FRAMES = frozenset({"vp8", "vp9", "av1"})
+MP4_FAMILY, MATROSKA = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"  # FFmpeg's names of these containers
 # Share of the probe's time limit the frame count may take; past it the shown packets are counted instead.
 COUNT_SHARE_OF_TIMEOUT = 0.5
 
@@ -57,6 +58,25 @@ class StreamFacts:
     num_packets: int = 0  # non-empty packets of the stream (0: not looked at)
     variable_frame_rate: bool = False  # frames unevenly spaced in time beyond rounding, or sharing a timestamp
     frames_counted: bool = False  # num_frames comes from decoding every frame
+    container: str = ""  # FFmpeg's name of the container format, e.g. "matroska,webm" ("": not looked at)
+    header_frames: int = 0  # the frame count the container's header declares (0: none, e.g. fragmented MP4)
+    keyframe_packets: int = 0  # packets flagged as keyframes
+    interlaced: bool = False  # the first frame is coded as two fields
+
+    @property
+    def intra_only(self) -> bool:
+        """Every packet is a keyframe (MJPEG, ProRes, FFV1, ...): frames decode alone, in the order they are
+        stored."""
+        return self.num_packets > 0 and self.keyframe_packets == self.num_packets
+
+    @property
+    def indexes_frames(self) -> bool:
+        """The container stores a table of every frame with its presentation time: MP4/MOV with its sample table
+        (not fragmented MP4, whose header declares no frames) and Matroska/WebM. Elsewhere (AVI, MPEG-TS, FLV,
+        ASF, ...) frame times are reconstructed while demuxing."""
+        if self.container == MP4_FAMILY:
+            return self.header_frames > 0
+        return self.container == MATROSKA
 
     @property
     def hidden_frames(self) -> int:
@@ -139,17 +159,19 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             raise VideoDecodeError(path, "video stream has no decodable frames")
         from vidlstm.data.video.pyav import declared_rotation, frame_rotation  # here: pyav imports this module
 
+        interlaced = bool(first.interlaced_frame)
         rotation = frame_rotation(first, path)  # refuses a turn that is not a quarter turn
         if rotation is None:  # this PyAV passes no rotation on: what the container declares
             rotation = declared_rotation(path, container.format.name, stream) or 0
         # Demux only: the packets really there (a truncated file has fewer than its header promises), the ones
         # that show a picture, and their timestamps.
         container.seek(0, stream=stream)
-        packets, shown_pts, shown = 0, [], 0
+        packets, keyframes, shown_pts, shown = 0, 0, [], 0
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
                 continue
             packets += 1
+            keyframes += packet.is_keyframe
             if shows_frame(codec, memoryview(packet)):
                 shown += 1
                 if packet.pts is not None:
@@ -167,7 +189,8 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         if num_frames <= 0:
             raise VideoDecodeError(path, "video stream has no decodable frames")
         # Read everything from PyAV objects before the container closes (they point into its memory).
-        return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted)
+        return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
+                           container.format.name, header_frames, keyframes, interlaced)
 
 
 def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple[int, list[int]] | None:

@@ -39,6 +39,11 @@ class OpenCVReader(VideoReader):
     def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
         if facts.num_video_streams > 1:
             return "OpenCV cannot choose among several video streams"
+        if facts.interlaced:  # its bundled swscale refuses the conversion and hands back a stale buffer
+            return "OpenCV decodes interlaced video wrongly (cannot convert interlaced frames; returns stale images)"
+        if facts.container == "mpegts" and not facts.intra_only:
+            return ("OpenCV decodes MPEG-TS streams wrongly (the frames held back for reordering at the end never "
+                    "come out)")
         return super().unsuitable_reason(facts)
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
