@@ -41,10 +41,12 @@ from .video_factory import (
     WILD_CODECS,
     WILD_CONTAINERS,
     backend_params,
+    decodable_frames,
     hidden_frames_webm,
     long_indexed_video,
     read_index,
     stream_counts,
+    truncated_mp4,
     vfr_shared_pts_video,
     vfr_stretch_pts_ms,
     vfr_video,
@@ -84,7 +86,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def wrong_reads(reader: VideoReader, rounds: int = ROUNDS, limit: int = N) -> tuple[list[tuple], int]:
     """Read `LISTS` (indices below ``limit``) ``rounds`` times from ``reader``, in a new interleaving each round
     with a fresh random list among them; (the reads that came back wrong as (asked, got), reads made)."""
-    lists = [[i for i in indices if i < limit] for indices in LISTS.values()]
+    lists = [kept for indices in LISTS.values() if (kept := [i for i in indices if i < limit])]
     wrong, reads = [], 0
     for r in range(rounds):
         rng = random.Random(1000 + r)
@@ -334,3 +336,23 @@ def test_clips_never_reach_past_the_frames_that_decode(files: dict[str, Path], n
 
 def _as_clips(sampled: list) -> list[list[int]]:
     return sampled if isinstance(sampled[0], list) else [sampled]
+
+
+def test_a_truncated_file_keeps_every_frame_that_still_decodes(tmp_path: Path) -> None:
+    """An MP4 cut mid-packet (index first, as an interrupted download leaves it): the frames before the cut decode,
+    including the ones the decoder still holds for reordering when the cut packet fails. Probe counts them, PyAV
+    reads each of them every time (with frame threads it lost the last two), OpenCV (which loses them) and the
+    index-mapping backends (the header promises 120) are refused."""
+    path = truncated_mp4(tmp_path / "cut")
+    frames = decodable_frames(path)
+    assert frames == list(range(len(frames))) and 20 < len(frames) < N
+    found = stream_facts(path)
+    assert found.undecodable_packets >= 1 and found.num_frames == len(frames) and found.header_frames == N
+    with open_video(path) as reader:
+        assert reader.backend == "pyav" and reader.num_frames == len(frames)
+        wrong, reads = wrong_reads(reader, rounds=5, limit=len(frames))
+        assert [read_index(f, LONG_BITS) for f in reader.get_frames([len(frames) - 1, len(frames) - 2])] == [
+            len(frames) - 1, len(frames) - 2]
+    assert not wrong, f"{len(wrong)} of {reads} reads wrong, e.g. {wrong[:3]}"
+    for backend in ("opencv", *INDEX_MAPPING_BACKENDS):
+        assert BACKENDS[backend].unsuitable_reason(found), backend

@@ -242,8 +242,13 @@ def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
         return write_video(path.with_suffix(WILD_CONTAINERS[name]), _indexed_frames(num_frames), codec, pix_fmt,
                            options)
     source = long_indexed_video(path.with_name(path.name + "_source"), "h264_bframes", num_frames)
-    with av.open(str(source)) as inside, av.open(str(path.with_suffix(".mp4")), "w", format="mp4", options={
-            "movflags": "frag_keyframe+empty_moov", "avoid_negative_ts": "make_zero"}) as outside:
+    return _remux(source, path.with_suffix(".mp4"), {"movflags": "frag_keyframe+empty_moov"})
+
+
+def _remux(source: Path, path: Path, options: dict[str, str]) -> Path:
+    """Copy the video stream of ``source`` into the MP4 ``path`` with these muxer options."""
+    options = {"avoid_negative_ts": "make_zero", **options}  # as the ffmpeg tool does: B-frames start below 0
+    with av.open(str(source)) as inside, av.open(str(path), "w", format="mp4", options=options) as outside:
         stream = inside.streams.video[0]
         copy = outside.add_stream_from_template(stream)
         for packet in inside.demux(stream):
@@ -251,4 +256,27 @@ def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
                 continue
             packet.stream = copy
             outside.mux(packet)
+    return path
+
+
+def truncated_mp4(path: Path, num_frames: int = 120, keep: float = 0.6) -> Path:
+    """The `long_indexed_video` H.264 stream (B-frames) in an MP4 whose index comes first (faststart), cut after
+    ``keep`` of its bytes, as an interrupted download or copy leaves it: the header promises every frame, the last
+    packet is cut in the middle."""
+    source = long_indexed_video(path.with_name(path.name + "_source"), "h264_bframes", num_frames)
+    whole = _remux(source, path.with_name(path.name + "_whole.mp4"), {"movflags": "faststart"})
+    data = whole.read_bytes()
+    path.with_suffix(".mp4").write_bytes(data[: int(len(data) * keep)])
     return path.with_suffix(".mp4")
+
+
+def decodable_frames(path: Path) -> list[int]:
+    """The index each frame spells, of every frame that decodes (one thread, bad packets passed over, the decoder
+    flushed at the end: all the frames the file still has)."""
+    from vidlstm.data.video.timeline import decode_passing_over_errors
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"
+        return [read_index(torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1), LONG_BITS)
+                for f in decode_passing_over_errors(container, stream)]

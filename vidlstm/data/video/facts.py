@@ -9,7 +9,6 @@ of their own (VP8/VP9/AV1 alt-ref frames, which decode to no picture), and when 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import numpy as np
 
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, time_limit
 from vidlstm.data.video.errors import VideoDecodeError, _one_line
-from vidlstm.data.video.timeline import shows_frame
+from vidlstm.data.video.timeline import decode_passing_over_errors, shows_frame
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
@@ -62,6 +61,7 @@ class StreamFacts:
     header_frames: int = 0  # the frame count the container's header declares (0: none, e.g. fragmented MP4)
     keyframe_packets: int = 0  # packets flagged as keyframes
     interlaced: bool = False  # the first frame is coded as two fields
+    undecodable_packets: int = 0  # packets that failed to decode while counting (a damaged or truncated file)
 
     @property
     def intra_only(self) -> bool:
@@ -150,6 +150,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             raise VideoDecodeError(path, "no video stream (audio-only or cover art only)")
         stream = max(videos, key=lambda s: (s.codec_context.width * s.codec_context.height, -s.index))
         codec = stream.codec_context.name
+        stream.thread_type = "SLICE"  # PyAV's default, stated: frame threads lose frames at a packet that fails
         header_frames = int(stream.frames or 0)
         try:
             first = next(container.decode(stream), None)
@@ -179,48 +180,34 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         time_base = stream.time_base or Fraction(1, 1000)
         variable = uneven(shown_pts, time_base)
         num_frames = min(header_frames, shown) if header_frames > 0 else shown
-        counted = False
+        counted, undecodable = False, 0
         if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES or variable:
             found = _count_decoded(container, stream, count_budget_s)
             if found is not None:
-                num_frames, frame_pts = found
+                num_frames, frame_pts, undecodable = found
                 counted = True
                 variable = uneven(frame_pts, time_base) if len(frame_pts) == num_frames else variable
         if num_frames <= 0:
             raise VideoDecodeError(path, "video stream has no decodable frames")
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
-                           container.format.name, header_frames, keyframes, interlaced)
+                           container.format.name, header_frames, keyframes, interlaced, undecodable)
 
 
-def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple[int, list[int]] | None:
-    """(frames that decode, their timestamps) from one decode of ``stream`` without colour conversion, or None
-    when that takes longer than ``budget_s``. A packet that fails to decode yields no frame and is passed over,
-    as every backend passes over it."""
-    import av
-
+def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple[int, list[int], int] | None:
+    """(frames that decode, their timestamps, packets that fail to decode) from one decode of ``stream`` without
+    colour conversion, or None when that takes longer than ``budget_s``. A packet that fails to decode yields no
+    frame and is passed over, as the PyAV reader passes over it (`timeline.decode_passing_over_errors`)."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
     container.seek(0, stream=stream)
-    context = stream.codec_context
-    count, pts = 0, []
-
-    def take(frames: Sequence[Any]) -> None:
-        nonlocal count
-        count += len(frames)
-        pts.extend(int(f.pts) for f in frames if f.pts is not None)
-
-    for packet in container.demux(stream):
+    count, pts, failures = 0, [], []
+    for frame in decode_passing_over_errors(container, stream, failures):
         if deadline is not None and time.monotonic() > deadline:
             return None
-        if not packet.size:  # an empty packet would put the decoder into draining; the flush comes at the end
-            continue
-        try:
-            take(context.decode(packet))
-        except av.error.FFmpegError:
-            continue
-    with contextlib.suppress(av.error.FFmpegError):
-        take(context.decode(None))  # flush: the frames still held back for reordering
-    return count, pts
+        count += 1
+        if frame.pts is not None:
+            pts.append(int(frame.pts))
+    return count, pts, len(failures)
 
 
 def uneven(pts: Sequence[int], time_base: Fraction) -> bool:

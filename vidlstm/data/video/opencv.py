@@ -41,6 +41,9 @@ class OpenCVReader(VideoReader):
             return "OpenCV cannot choose among several video streams"
         if facts.interlaced:  # its bundled swscale refuses the conversion and hands back a stale buffer
             return "OpenCV decodes interlaced video wrongly (cannot convert interlaced frames; returns stale images)"
+        if facts.undecodable_packets:
+            return (f"OpenCV decodes damaged streams wrongly ({facts.undecodable_packets} packets fail to decode; "
+                    "it loses the frames its decoder threads hold at each)")
         if facts.container == "mpegts" and not facts.intra_only:
             return ("OpenCV decodes MPEG-TS streams wrongly (the frames held back for reordering at the end never "
                     "come out)")

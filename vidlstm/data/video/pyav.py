@@ -55,7 +55,9 @@ class PyAVReader(VideoReader):
         self._container = av.open(self.path)
         try:
             self._stream = self._container.streams[self.facts.stream_index]
-            self._stream.thread_type = "AUTO"
+            # Frame threads decode several frames at once and lose the ones in flight when a packet fails to
+            # decode: on a file with such packets, slice threads only, so the reader sees the frames the probe counted.
+            self._stream.thread_type = "SLICE" if self.facts.undecodable_packets else "AUTO"
             check_declared_rotation(self.path, self._container.format.name, self._stream, self.facts.rotation)
         except BaseException:
             self._container.close()
@@ -115,7 +117,8 @@ class PyAVReader(VideoReader):
 
     def _seek(self, key: int, timeline: tl.Timeline) -> None:
         self._container.seek(int(timeline.pts[key]), stream=self._stream, backward=True, any_frame=False)
-        self._frames, self._last_pts, self._sought = self._container.decode(self._stream), None, key
+        self._frames = tl.decode_passing_over_errors(self._container, self._stream)
+        self._last_pts, self._sought = None, key
         self.seeks += 1
 
     def _decode_by_pts(self, indices: list[int], timeline: tl.Timeline) -> list[np.ndarray]:
@@ -172,7 +175,7 @@ class PyAVReader(VideoReader):
         wanted, last, out, position = set(indices), indices[-1], [], -1
         self._container.seek(0, stream=self._stream)
         self.seeks += 1
-        for position, frame in enumerate(self._container.decode(self._stream)):
+        for position, frame in enumerate(tl.decode_passing_over_errors(self._container, self._stream)):
             self.decoded_frames += 1
             if position in wanted:
                 out.append(frame.to_ndarray(format="rgb24"))

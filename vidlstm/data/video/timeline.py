@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from av.container import InputContainer
+    from av.video.frame import VideoFrame
     from av.video.stream import VideoStream
 
 
@@ -129,13 +132,40 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
     return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "packets")
 
 
+def decode_passing_over_errors(container: InputContainer, stream: VideoStream, failures: list[str] | None = None
+                               ) -> Iterator[VideoFrame]:
+    """The frames of ``stream`` from where the container is: a packet that fails to decode (a truncated or damaged
+    one) yields no frame and is passed over (its error appended to ``failures``), and at the end the decoder is
+    flushed of the frames it holds back for reordering. (PyAV's ``container.decode`` stops at the first bad packet
+    and loses those.) Every PyAV read and the probe's frame count decode this way, so they agree on which frames a
+    damaged file has, provided the decoder does not decode frames in parallel threads (frames in flight in other
+    threads are lost at an error: see `PyAVReader`)."""
+    import av
+
+    context = stream.codec_context
+    for packet in container.demux(stream):
+        if not packet.size:  # an empty packet would put the decoder into draining; the flush comes at the end
+            continue
+        try:
+            frames = context.decode(packet)
+        except av.error.FFmpegError as err:
+            if failures is not None:
+                failures.append(str(err))
+            continue
+        yield from frames
+    try:
+        yield from context.decode(None)
+    except av.error.FFmpegError:
+        return
+
+
 def decoded_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
     """Decode ``stream`` once from the start and tabulate the frames the decoder really delivers (their pts, and
     which are keyframes), or say why they cannot be told apart by timestamp."""
     pts: list[int] = []
     keys: list[int] = []
     container.seek(0, stream=stream)
-    for frame in container.decode(stream):
+    for frame in decode_passing_over_errors(container, stream):
         if frame.pts is None:
             return "decoded frames carry no timestamp"
         if pts and frame.pts <= pts[-1]:
