@@ -9,10 +9,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from stat import S_ISREG
 
+import torch
+
 from vidlstm.data.video.base import VideoReader
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, _limited, _stuck_before
 from vidlstm.data.video.decord import DecordReader
-from vidlstm.data.video.errors import VideoDecodeError, _one_line
+from vidlstm.data.video.errors import DecodeTimeout, FrameOutOfRange, VideoDecodeError, _one_line
 from vidlstm.data.video.facts import StreamFacts, VideoInfo, stream_facts
 from vidlstm.data.video.opencv import OpenCVReader
 from vidlstm.data.video.pyav import PyAVReader
@@ -67,7 +69,8 @@ def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[s
     """Open ``path`` with ``backend``, or with "auto": the first backend in ``order`` that is installed, suits
     the file (see `VideoReader.unsuitable_reason`: codecs it decodes wrongly, and for backends that map indices
     through the container's index, variable frame rate and hidden frames) and opens it. ``reader.backend`` says
-    which one served.
+    which one serves. A read that fails with that backend for a reason of its own (not a timeout, not a frame past
+    the end) is retried with the next suitable backend, which then serves the file (see `AutoReader`).
     Probing, opening and each `get_frames` call are limited to ``timeout_s`` seconds (None: no limit).
     ``device`` other than "cpu" (e.g. "cuda:0") decodes with a `GPU_BACKENDS` backend on that device where one
     suits the file ("auto" then falls back to the CPU backends, whose frames stay on the CPU)."""
@@ -81,18 +84,83 @@ def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[s
         if not backend_available(backend):
             raise VideoDecodeError(path, f"video backend {backend!r} is not installed or cannot load")
         return _open_with(backend, path, facts, timeout_s, device)
-    reasons = []
     gpu_first = [n for n in GPU_BACKENDS if n in order] if device != "cpu" else []
     tries = [(n, device) for n in gpu_first] + [(n, "cpu") for n in order if n not in gpu_first]
-    for name, on in ((n, d) for n, d in tries if backend_available(n)):
-        if _stuck_before(path, name):
-            reasons.append(f"{name}: got stuck on this file earlier in this process")
-            continue
-        try:
-            return _open_with(name, path, facts, timeout_s, on)
-        except VideoDecodeError as err:
-            reasons.append(f"{name}{'' if on == 'cpu' else f' on {on}'}: {err.reason}")
-    raise VideoDecodeError(path, "; ".join(reasons) or "no video backend installed")
+    return AutoReader(path, facts, [(n, d) for n, d in tries if backend_available(n)], timeout_s)
+
+
+class AutoReader(VideoReader):
+    """The reader ``open_video(backend="auto")`` returns: it reads through the first backend of ``tries`` that
+    suits the file and opens it (``backend`` names it). When a read fails with that backend for a reason of its
+    own (the library raises, returns the wrong shape, or got stuck on this file before), the next backend of
+    ``tries`` that opens takes over and the read is retried, so a file one library chokes on is not lost while
+    another decodes it. Backends decode the same frame for an index (each is frame-exact where it is allowed), so
+    switching mid-file changes no frame. A timeout and a frame past the end are raised as they are: another
+    backend would hit them too. When every backend has failed, the error lists each one's reason."""
+
+    def __init__(self, path: Path, facts: StreamFacts, tries: Sequence[tuple[str, str]],
+                 timeout_s: float | None) -> None:
+        self.path, self.facts, self._timeout_s = str(path), facts, timeout_s
+        self._tries = list(tries)
+        self.failures: list[str] = []  # "backend: reason" of each backend that could not open or read the file
+        self._reader = self._next_reader()
+
+    def _next_reader(self) -> VideoReader:
+        while self._tries:
+            name, on = self._tries.pop(0)
+            label = name if on == "cpu" else f"{name} on {on}"
+            if _stuck_before(self.path, name):
+                self.failures.append(f"{label}: got stuck on this file earlier in this process")
+                continue
+            try:
+                return _open_with(name, Path(self.path), self.facts, self._timeout_s, on)
+            except VideoDecodeError as err:
+                self.failures.append(f"{label}: {err.reason}")
+        raise VideoDecodeError(self.path, "; ".join(self.failures) or "no video backend installed")
+
+    @property
+    def backend(self) -> str:  # type: ignore[override]
+        return self._reader.backend
+
+    @property
+    def timeout_s(self) -> float | None:  # type: ignore[override]
+        return self._timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float | None) -> None:
+        self._timeout_s = self._reader.timeout_s = seconds
+
+    @property
+    def fps(self) -> float:
+        return self._reader.fps
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        return self._reader.coded_size
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        while True:
+            try:
+                return self._reader.get_frames(indices)
+            except (FrameOutOfRange, DecodeTimeout):
+                raise
+            except VideoDecodeError as err:
+                self.failures.append(f"{self._reader.backend}: {err.reason}")
+                self._reader.close()
+                self._reader = self._next_reader()
+
+    def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        return self._reader._decode_sorted_unique(indices)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __getattr__(self, name: str) -> object:
+        """Attributes of the serving backend's reader (e.g. PyAV's ``seeks``)."""
+        reader = self.__dict__.get("_reader")
+        if reader is None:
+            raise AttributeError(name)
+        return getattr(reader, name)
 
 
 def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None, device: str = "cpu"

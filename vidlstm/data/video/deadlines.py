@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TypeVar
 
-from vidlstm.data.video.errors import DecodeStuck, VideoDecodeError
+from vidlstm.data.video.errors import DecodeStuck, DecodeTimeout
 
 DEFAULT_TIMEOUT_S = 60.0
 T = TypeVar("T")
@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def time_limit(seconds: float | None, path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Raise `VideoDecodeError` if the block runs longer than ``seconds``.
+    """Raise `DecodeTimeout` (a `VideoDecodeError`) if the block runs longer than ``seconds``.
 
     Uses SIGALRM, so it applies in a process's main thread on POSIX (where DataLoader workers and probing
     processes run their work); elsewhere the block runs unlimited. A signal interrupts Python code between
@@ -51,7 +51,7 @@ def time_limit(seconds: float | None, path: str | os.PathLike, what: str) -> Ite
             signal.setitimer(signal.ITIMER_REAL, max(deadline - now, _TIMER_SLACK_S))
             _run_handler(outer_handler, signum, frame)
             return
-        raise VideoDecodeError(path, _timeout_reason(what, seconds))
+        raise DecodeTimeout(path, _timeout_reason(what, seconds))
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, min(seconds, outer_left) if outer_left else seconds)

@@ -21,7 +21,11 @@ class FrameOutOfRange(VideoDecodeError, IndexError):
     """A frame index outside ``[0, num_frames)`` was asked for (``num_frames``: the frames that decode)."""
 
 
-class DecodeStuck(VideoDecodeError):
+class DecodeTimeout(VideoDecodeError):
+    """Probing, opening or decoding took longer than its time limit."""
+
+
+class DecodeStuck(DecodeTimeout):
     """A native decoder call outlived its deadline; its thread was abandoned (threads cannot be killed)."""
 
 
