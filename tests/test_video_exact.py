@@ -118,13 +118,14 @@ def test_one_reader_stays_exact_over_many_rounds(files: dict[str, Path], name: s
 # (backend, file): pairs refused by the stream checks, forced past them to show the refusal is earned. Measured
 # before the checks existed (500 reads each): decord wrong on 400 reads of vfr_shared_pts, torchcodec on 373; on
 # vp8_hidden decord returns frames 8 early near the end and torchcodec is wrong on every read.
-# Without a frame table (AVI, FLV, MPEG-TS, fragmented MP4) decord and torchcodec landed on other frames on 13 to
-# 60 of 60 reads (torchcodec failed on MPEG-TS); decord on 21 of 60 reads of HEVC and 36 of 60 of WMV2; OpenCV
-# returned stale images for interlaced frames and lost the last 6 frames of the MPEG-TS file. (torchcodec read WMV2
-# right: its refusal in ASF is a precaution, as ASF carries decoding times only.)
+# Without a frame table (AVI, FLV, MPEG-TS, MPEG-PS, fragmented MP4) decord and torchcodec landed on other frames
+# on 4 to 60 of 60 reads (torchcodec failed on MPEG-TS and MPEG-PS); decord on 21 of 60 reads of HEVC and 36 of 60
+# of WMV2; OpenCV returned stale images for interlaced frames and lost the last 6 frames of the MPEG-TS file.
+# (torchcodec read WMV2 right: its refusal in ASF is a precaution, as ASF carries decoding times only.)
 EARNED = [("decord", "vfr_shared_pts"), ("torchcodec", "vfr_shared_pts"), ("decord", "vp8_hidden"),
           ("torchcodec", "vp8_hidden"), ("decord", "hevc_mp4"), ("decord", "wmv2_asf"), ("opencv", "h264_interlaced"),
           ("opencv", "h264_ts"),
+          ("decord", "mpeg2_ps"), ("torchcodec", "mpeg2_ps"),
           *[(backend, name) for name in WILD_CONTAINERS for backend in ("decord", "torchcodec")]]
 
 
@@ -164,12 +165,14 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
     assert with_table == {"h264_bframes", "vp9_webm", "vp8_hidden", "vp9_hidden", "vfr_mkv", "vfr_shared_pts",
                           "hevc_mp4", "h264_interlaced"}
     assert {n for n, f in looked.items() if f.intra_only} == {"mjpeg_avi"}
-    assert looked["h264_fmp4"].container == looked["h264_bframes"].container  # told apart by the missing count
-    assert (looked["h264_fmp4"].header_frames, looked["h264_bframes"].header_frames) == (0, N)
+    for fragmented in ("h264_fmp4", "h264_fmp4_hybrid"):  # told apart by the count: none, or the first fragment's
+        assert looked[fragmented].container == looked["h264_bframes"].container
+    assert looked["h264_fmp4"].header_frames == 0 and looked["h264_bframes"].header_frames == N
+    assert 0 < looked["h264_fmp4_hybrid"].header_frames < looked["h264_fmp4_hybrid"].num_packets == N
     assert {n for n, f in looked.items() if f.interlaced} == {"h264_interlaced"}
     for backend in INDEX_MAPPING_BACKENDS:
         assert BACKENDS[backend].unsuitable_reason(looked["mjpeg_avi"]) is None
-        for name in WILD_CONTAINERS:
+        for name in [*WILD_CONTAINERS, "wmv2_asf", "mpeg2_ps"]:
             assert "frame table" in BACKENDS[backend].unsuitable_reason(looked[name]), (backend, name)
 
 

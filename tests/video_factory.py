@@ -222,6 +222,7 @@ WILD_CODECS = {
     "h264_interlaced": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "2", "g": "12", "flags": "+ildct+ilme",
                                                        "x264-params": "interlaced=1"}),
     "wmv2_asf": (".wmv", "wmv2", "yuv420p", {"g": "12", "b": "4M"}),
+    "mpeg2_ps": (".mpg", "mpeg2video", "yuv420p", {"bf": "2", "g": "12", "b": "4M"}),  # MPEG program stream
 }
 # name -> file suffix of the `long_indexed_video` H.264 stream (B-frames) written into other containers
 WILD_CONTAINERS = {
@@ -229,6 +230,7 @@ WILD_CONTAINERS = {
     "h264_flv": ".flv",
     "h264_ts": ".ts",
     "h264_fmp4": ".mp4",  # fragmented MP4 (moov without samples, then fragments): no frame table
+    "h264_fmp4_hybrid": ".mp4",  # fragmented MP4 whose moov holds the first fragment's samples only
 }
 
 
@@ -237,12 +239,13 @@ def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
     if name in WILD_CODECS:
         suffix, codec, pix_fmt, options = WILD_CODECS[name]
         return write_video(path.with_suffix(suffix), _indexed_frames(num_frames), codec, pix_fmt, options)
-    if name != "h264_fmp4":
+    if name not in ("h264_fmp4", "h264_fmp4_hybrid"):
         _, codec, pix_fmt, options = CODECS["h264_bframes"]
         return write_video(path.with_suffix(WILD_CONTAINERS[name]), _indexed_frames(num_frames), codec, pix_fmt,
                            options)
     source = long_indexed_video(path.with_name(path.name + "_source"), "h264_bframes", num_frames)
-    return _remux(source, path.with_suffix(".mp4"), {"movflags": "frag_keyframe+empty_moov"})
+    flags = "frag_keyframe+empty_moov" if name == "h264_fmp4" else "frag_keyframe"
+    return _remux(source, path.with_suffix(".mp4"), {"movflags": flags})
 
 
 def _remux(source: Path, path: Path, options: dict[str, str]) -> Path:
@@ -271,12 +274,17 @@ def truncated_mp4(path: Path, num_frames: int = 120, keep: float = 0.6) -> Path:
 
 
 def decodable_frames(path: Path) -> list[int]:
-    """The index each frame spells, of every frame that decodes (one thread, bad packets passed over, the decoder
-    flushed at the end: all the frames the file still has)."""
-    from vidlstm.data.video.timeline import decode_passing_over_errors
-
+    """The index each frame spells, of every frame that decodes: one decoder thread, each packet sent on its own
+    (one that fails is skipped), the decoder flushed at the end -- all the frames the file still has."""
+    frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"
-        return [read_index(torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1), LONG_BITS)
-                for f in decode_passing_over_errors(container, stream)]
+        stream.thread_type = "NONE"
+        for packet in [*container.demux(stream), None]:
+            if packet is not None and not packet.size:
+                continue
+            try:
+                frames += stream.codec_context.decode(packet)
+            except av.error.InvalidDataError:
+                continue
+    return [read_index(torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1), LONG_BITS) for f in frames]

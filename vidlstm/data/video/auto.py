@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from stat import S_ISREG
+from typing import TypeVar
 
 import torch
 
@@ -62,6 +64,7 @@ def available_backends() -> list[str]:
 
 # Backends that can decode on a GPU (``open_video(device=...)``).
 GPU_BACKENDS = ("torchcodec",)
+T = TypeVar("T")
 
 
 def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[str] = AUTO_ORDER,
@@ -91,32 +94,68 @@ def open_video(path: str | os.PathLike, backend: str = "auto", order: Sequence[s
 
 class AutoReader(VideoReader):
     """The reader ``open_video(backend="auto")`` returns: it reads through the first backend of ``tries`` that
-    suits the file and opens it (``backend`` names it). When a read fails with that backend for a reason of its
-    own (the library raises, returns the wrong shape, or got stuck on this file before), the next backend of
-    ``tries`` that opens takes over and the read is retried, so a file one library chokes on is not lost while
-    another decodes it. Backends decode the same frame for an index (each is frame-exact where it is allowed), so
-    switching mid-file changes no frame. A timeout and a frame past the end are raised as they are: another
-    backend would hit them too. When every backend has failed, the error lists each one's reason."""
+    suits the file and opens it (``backend`` names it). When a read (or the size lookup, which decodes frame 0 in
+    decord) fails with that backend for a reason of its own (the library raises, returns the wrong shape, or got
+    stuck on this file before), the next backend of ``tries`` that opens takes over and the call is retried, so a
+    file one library chokes on is not lost while another decodes it; later readers of this process skip the
+    failed backend for that file. Backends decode the same frame for an index (each is frame-exact where it is
+    allowed), so switching mid-file changes no frame. A timeout and a frame past the end are raised as they are,
+    and the retries of one call share its time limit. When every backend has failed, the error lists each one's
+    reason."""
 
     def __init__(self, path: Path, facts: StreamFacts, tries: Sequence[tuple[str, str]],
                  timeout_s: float | None) -> None:
         self.path, self.facts, self._timeout_s = str(path), facts, timeout_s
         self._tries = list(tries)
         self.failures: list[str] = []  # "backend: reason" of each backend that could not open or read the file
-        self._reader = self._next_reader()
+        self._exhausted: VideoDecodeError | None = None
+        self._reader = self._next_reader(timeout_s, retrying=False)
 
-    def _next_reader(self) -> VideoReader:
+    def _next_reader(self, timeout_s: float | None, retrying: bool = True) -> VideoReader:
+        """Open the next backend of ``tries`` that suits the file (within ``timeout_s``). A timeout while opening
+        ends a retry: the call's time is spent."""
         while self._tries:
             name, on = self._tries.pop(0)
             label = name if on == "cpu" else f"{name} on {on}"
-            if _stuck_before(self.path, name):
-                self.failures.append(f"{label}: got stuck on this file earlier in this process")
+            if _stuck_before(self.path, name) or (self.path, name) in _FAILED_READS:
+                self.failures.append(f"{label}: failed or got stuck on this file earlier in this process")
                 continue
             try:
-                return _open_with(name, Path(self.path), self.facts, self._timeout_s, on)
+                return _open_with(name, Path(self.path), self.facts, timeout_s, on)
+            except DecodeTimeout as err:
+                self.failures.append(f"{label}: {err.reason}")
+                if retrying:
+                    break
             except VideoDecodeError as err:
                 self.failures.append(f"{label}: {err.reason}")
-        raise VideoDecodeError(self.path, "; ".join(self.failures) or "no video backend installed")
+        self._exhausted = VideoDecodeError(self.path, "; ".join(self.failures) or "no video backend installed")
+        raise self._exhausted
+
+    def _with_fallback(self, call: Callable[[VideoReader], T]) -> T:
+        """``call(reader)``, moving on to the next backend while it fails for a reason of the backend's own."""
+        if self._exhausted is not None:
+            raise self._exhausted
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    return call(self._reader)
+                except (FrameOutOfRange, DecodeTimeout):
+                    raise
+                except VideoDecodeError as err:
+                    self.failures.append(f"{self._reader.backend}: {err.reason}")
+                    _remember_failed_read(self.path, self._reader.backend)
+                    self._reader.close()
+                    left = None if not self._timeout_s else self._timeout_s - (time.monotonic() - started)
+                    if left is not None and left <= 0:
+                        self._exhausted = DecodeTimeout(self.path, "; ".join(self.failures) + "; no time left "
+                                                        f"to try another backend (limit {self._timeout_s:g} s)")
+                        raise self._exhausted from err
+                    self._reader = self._next_reader(left)
+                    self._reader.timeout_s = left  # the retry gets what is left of this call's limit
+        finally:
+            if self._exhausted is None:
+                self._reader.timeout_s = self._timeout_s
 
     @property
     def backend(self) -> str:  # type: ignore[override]
@@ -136,18 +175,10 @@ class AutoReader(VideoReader):
 
     @property
     def coded_size(self) -> tuple[int, int]:
-        return self._reader.coded_size
+        return self._with_fallback(lambda reader: reader.coded_size)
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        while True:
-            try:
-                return self._reader.get_frames(indices)
-            except (FrameOutOfRange, DecodeTimeout):
-                raise
-            except VideoDecodeError as err:
-                self.failures.append(f"{self._reader.backend}: {err.reason}")
-                self._reader.close()
-                self._reader = self._next_reader()
+        return self._with_fallback(lambda reader: reader.get_frames(indices))
 
     def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
         return self._reader._decode_sorted_unique(indices)
@@ -161,6 +192,18 @@ class AutoReader(VideoReader):
         if reader is None:
             raise AttributeError(name)
         return getattr(reader, name)
+
+
+# (path, backend) pairs whose read failed in this process for a reason of the backend's own: `AutoReader` starts
+# with the next backend there. Bounded: the oldest pairs are forgotten.
+_FAILED_READS: dict[tuple[str, str], None] = {}
+_FAILED_READS_LIMIT = 65536
+
+
+def _remember_failed_read(path: str, backend: str) -> None:
+    if len(_FAILED_READS) >= _FAILED_READS_LIMIT:
+        del _FAILED_READS[next(iter(_FAILED_READS))]
+    _FAILED_READS[(path, backend)] = None
 
 
 def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None, device: str = "cpu"

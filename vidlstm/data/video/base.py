@@ -141,10 +141,11 @@ class VideoReader(ABC):
         self.close()
 
 
+_CONTAINER_NAMES = {MP4_FAMILY: "fragmented MP4", "mpegts": "MPEG-TS", "mpeg": "MPEG-PS", "asf": "ASF/WMV"}
+
+
 def _container_name(facts: StreamFacts) -> str:
-    if facts.container == MP4_FAMILY:
-        return "fragmented MP4"
-    return facts.container.split(",")[0].upper() or "unknown-container"
+    return _CONTAINER_NAMES.get(facts.container) or facts.container.split(",")[0].upper() or "unknown-container"
 
 
 def _from_hwc(frames: np.ndarray) -> torch.Tensor:

@@ -72,10 +72,11 @@ class StreamFacts:
     @property
     def indexes_frames(self) -> bool:
         """The container stores a table of every frame with its presentation time: MP4/MOV with its sample table
-        (not fragmented MP4, whose header declares no frames) and Matroska/WebM. Elsewhere (AVI, MPEG-TS, FLV,
-        ASF, ...) frame times are reconstructed while demuxing."""
+        (not fragmented MP4, whose header declares no frames or only those of its first fragment) and
+        Matroska/WebM. Elsewhere (AVI, MPEG-TS, MPEG-PS, FLV, ASF, ...) frame times are reconstructed while
+        demuxing."""
         if self.container == MP4_FAMILY:
-            return self.header_frames > 0
+            return 0 < self.num_packets <= self.header_frames
         return self.container == MATROSKA
 
     @property
