@@ -75,8 +75,8 @@ class StreamFacts:
         (not fragmented MP4, whose header declares no frames or only those of its first fragment) and
         Matroska/WebM. Elsewhere (AVI, MPEG-TS, MPEG-PS, FLV, ASF, ...) frame times are reconstructed while
         demuxing."""
-        if self.container == MP4_FAMILY:
-            return 0 < self.num_packets <= self.header_frames
+        if self.container == MP4_FAMILY:  # (num_packets 0: packets not looked at)
+            return self.header_frames > 0 and self.num_packets <= self.header_frames
         return self.container == MATROSKA
 
     @property
