@@ -121,7 +121,7 @@ class VideoClipDataset(Dataset):
             # NCHW (faster transforms), laid out by numpy: torch's strided uint8 copy is slower and multithreaded
             picked = cached[[i for clip in clips for i in clip]]
             frames = torch.from_numpy(np.ascontiguousarray(picked.transpose(0, 3, 1, 2)))
-            return clips, multi, frames if self.decode_device == "cpu" else frames.to(self.decode_device)
+            return clips, multi, self._on_decode_device(frames)
         if self.decode_device != "cpu" and get_worker_info() is not None:
             raise RuntimeError(f"decoding on {self.decode_device} runs in the main process only (CUDA does not work "
                                "in forked DataLoader workers): set data.num_workers=0")
@@ -129,9 +129,10 @@ class VideoClipDataset(Dataset):
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
             clips, multi = self._sample(stop - first)
             frames = reader.get_frames([first + i for clip in clips for i in clip])
-            if self.decode_device == "cpu":
-                return clips, multi, frames
-            return clips, multi, frames.to(self.decode_device)  # files the GPU decoder refuses come from the CPU
+            return clips, multi, self._on_decode_device(frames)  # files the GPU decoder refuses come from the CPU
+
+    def _on_decode_device(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames if self.decode_device == "cpu" else frames.to(self.decode_device)
 
     def load_clip(self, record: VideoRecord) -> torch.Tensor:
         clips, multi, frames = self._frames(record)
