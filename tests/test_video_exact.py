@@ -4,7 +4,8 @@ One reader per file reads the same index lists round after round (random, sorted
 frames, in a different interleaving each round, plus a fresh random list), so a backend that is right only from
 a fresh state, or only sometimes, fails. Files: H.264 with B-frames, MPEG-4 part 2, MJPEG, VP8/VP9 (plain and
 with hidden frames), a variable-frame-rate .mkv and one whose frames share timestamps, and files from the wild:
-H.264 with B-frames in AVI, FLV, MPEG-TS and fragmented MP4, HEVC with B-frames, interlaced H.264, WMV2 in ASF.
+H.264 with B-frames in AVI, FLV, MPEG-TS and fragmented MP4, HEVC with B-frames, interlaced H.264, WMV2 in ASF,
+H.264 that changes size mid-stream.
 The frame count is the number of frames that decode, the same in `probe()` and every backend; asking past it is
 one error everywhere.
 """
@@ -45,6 +46,7 @@ from .video_factory import (
     hidden_frames_webm,
     long_indexed_video,
     read_index,
+    size_change_video,
     stream_counts,
     truncated_mp4,
     vfr_shared_pts_video,
@@ -359,3 +361,31 @@ def test_a_truncated_file_keeps_every_frame_that_still_decodes(tmp_path: Path) -
     assert not wrong, f"{len(wrong)} of {reads} reads wrong, e.g. {wrong[:3]}"
     for backend in ("opencv", *INDEX_MAPPING_BACKENDS):
         assert BACKENDS[backend].unsuitable_reason(found), backend
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".mkv"])
+def test_a_stream_that_changes_size_comes_out_at_its_first_size(tmp_path: Path, suffix: str) -> None:
+    """Concatenated recordings change size mid-stream (here 64x64, then 128x128 from frame 60). Every backend
+    that serves the file hands over every frame at the first size, exact every round (PyAV failed on any clip
+    spanning the change, which quarantined the MPEG-TS file: no other backend may read it); one that cannot
+    (torchcodec) fails with a `VideoDecodeError`, which `auto` answers with the next backend."""
+    path = size_change_video(tmp_path / "sizes", suffix, N)
+    served = []
+    for backend in available_backends():
+        if BACKENDS[backend].unsuitable_reason(stream_facts(path)):
+            continue
+        with open_video(path, backend) as reader:
+            assert reader.coded_size == (64, 64)
+            try:
+                shapes = {tuple(reader.get_frames(indices).shape[1:]) for indices in LISTS.values()}
+                wrong, reads = wrong_reads(reader, rounds=5)
+            except VideoDecodeError as err:
+                assert backend == "torchcodec", f"{backend} failed: {err}"
+                continue
+        assert shapes == {(3, 64, 64)}, backend
+        assert not wrong, f"{backend}: {len(wrong)} of {reads} reads wrong, e.g. {wrong[:3]}"
+        served.append(backend)
+    assert "pyav" in served
+    with open_video(path) as reader:
+        wrong, reads = wrong_reads(reader, rounds=5)
+    assert not wrong, f"auto ({reader.backend}): {len(wrong)} of {reads} reads wrong"

@@ -288,3 +288,28 @@ def decodable_frames(path: Path) -> list[int]:
             except av.error.InvalidDataError:
                 continue
     return [read_index(torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1), LONG_BITS) for f in frames]
+
+
+def size_change_video(path: Path, suffix: str, num_frames: int = 120, change_at: int = 60) -> Path:
+    """H.264 (B-frames) whose frames spell their index and whose size changes mid-stream, as concatenated
+    recordings have it: 64x64 up to ``change_at``, then 128x128 (each stripe twice as wide), in an MPEG-TS
+    (``suffix`` ".ts") or Matroska (".mkv") file."""
+    frames = _indexed_frames(num_frames)
+    _, codec, pix_fmt, options = CODECS["h264_bframes"]
+    parts = [write_video(path.with_name(f"{path.name}_part{i}.ts"), images, codec, pix_fmt, options)
+             for i, images in enumerate([frames[:change_at], frames[change_at:].repeat(2, axis=1).repeat(2, axis=2)])]
+    with av.open(str(parts[0])) as first, av.open(str(path.with_suffix(suffix)), "w") as out:
+        template = first.streams.video[0]
+        copy = out.add_stream_from_template(template)
+        step = round(1 / (template.average_rate * template.time_base))  # one frame in the stream's time base
+        shift = 0
+        for part in parts:
+            with av.open(str(part)) as inside:
+                packets = [p for p in inside.demux(video=0) if p.dts is not None]
+                start = min(p.dts for p in packets)
+                for packet in packets:  # each part's timestamps follow on from the last part's
+                    packet.pts, packet.dts = packet.pts - start + shift, packet.dts - start + shift
+                    packet.stream = copy
+                    out.mux(packet)
+                shift += len(packets) * step
+    return path.with_suffix(suffix)

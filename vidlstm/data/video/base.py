@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ import torch
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, _limited, _stuck_before
 from vidlstm.data.video.errors import FrameOutOfRange, VideoDecodeError, _one_line
 from vidlstm.data.video.facts import MP4_FAMILY, StreamFacts, VideoInfo, stream_facts
+
+T = TypeVar("T")
 
 # Backends that turn a frame index into a packet or timestamp from the container's index instead of counting
 # decoded frames in order. They refuse streams where packets and frames do not line up one to one at a steady rate
@@ -110,15 +112,8 @@ class VideoReader(ABC):
             raise FrameOutOfRange(self.path, f"frame {bad[0]} requested, the video has {self.num_frames} frames "
                                              f"(outside [0, {self.num_frames}))")
         unique = sorted(set(wanted))
-        if _stuck_before(self.path, self.backend):
-            raise VideoDecodeError(self.path, f"{self.backend} is still stuck in an earlier call on this file")
-        try:
-            decoded = _limited(type(self), lambda: self._decode_sorted_unique(unique), self.timeout_s, self.path,
-                               f"decoding {len(unique)} frames with {self.backend}")
-        except VideoDecodeError:
-            raise
-        except Exception as err:  # decoder libraries raise many unrelated types
-            raise VideoDecodeError(self.path, f"{self.backend} failed to decode frames: {_one_line(err)}") from err
+        decoded = self._bounded(lambda: self._decode_sorted_unique(unique), "frames",
+                                f"decoding {len(unique)} frames with {self.backend}")
         if decoded.shape[0] != len(unique) or decoded.dim() != 4 or decoded.shape[1] != 3:
             raise VideoDecodeError(
                 self.path, f"{self.backend} returned shape {tuple(decoded.shape)} for {len(unique)} frames"
@@ -127,6 +122,18 @@ class VideoReader(ABC):
             decoded = torch.rot90(decoded, k=self.facts.rotation // 90, dims=(2, 3))
         position = {frame: row for row, frame in enumerate(unique)}
         return _in_order(decoded, None if wanted == unique else [position[i] for i in wanted])
+
+    def _bounded(self, call: Callable[[], T], what: str, doing: str) -> T:
+        """``call()``, a decode in the backend's library, under the reader's time limit; whatever the library
+        raises becomes a `VideoDecodeError` ("<backend> failed to decode <what>: ...")."""
+        if _stuck_before(self.path, self.backend):
+            raise VideoDecodeError(self.path, f"{self.backend} is still stuck in an earlier call on this file")
+        try:
+            return _limited(type(self), call, self.timeout_s, self.path, doing)
+        except VideoDecodeError:
+            raise
+        except Exception as err:  # decoder libraries raise many unrelated types
+            raise VideoDecodeError(self.path, f"{self.backend} failed to decode {what}: {_one_line(err)}") from err
 
     def info(self) -> VideoInfo:
         return VideoInfo(self.path, self.num_frames, self.fps, self.height, self.width, self.backend)

@@ -7,8 +7,7 @@ import os
 import torch
 
 from vidlstm.data.video.base import VideoReader, _from_hwc
-from vidlstm.data.video.deadlines import _limited, _stuck_before
-from vidlstm.data.video.errors import VideoDecodeError, _one_line
+from vidlstm.data.video.errors import VideoDecodeError
 from vidlstm.data.video.facts import StreamFacts
 
 
@@ -47,15 +46,7 @@ class DecordReader(VideoReader):
     def coded_size(self) -> tuple[int, int]:
         """decord tells the size only by decoding frame 0: a native call, under the same deadline as clips."""
         if self._size is None:
-            if _stuck_before(self.path, self.backend):
-                raise VideoDecodeError(self.path, "decord is still stuck in an earlier call on this file")
-            try:
-                self._size = _limited(type(self), self._first_frame_size, self.timeout_s, self.path,
-                                      "decoding frame 0 with decord")
-            except VideoDecodeError:
-                raise
-            except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors
-                raise VideoDecodeError(self.path, f"decord failed to decode frame 0: {_one_line(err)}") from err
+            self._size = self._bounded(self._first_frame_size, "frame 0", "decoding frame 0 with decord")
         return self._size
 
     def _first_frame_size(self) -> tuple[int, int]:

@@ -64,6 +64,10 @@ class PyAVReader(VideoReader):
             raise
         rate = self._stream.average_rate or self._stream.guessed_rate
         self._fps = float(rate) if rate else 0.0
+        # Every frame comes out at the stream's size from the header, as the other backends deliver it, also where
+        # the size changes mid-stream (concatenated recordings, adaptive streams); None: taken from frame 0.
+        context = self._stream.codec_context
+        self._size = (int(context.height), int(context.width)) if context.height and context.width else None
         self.decoded_frames = 0  # frames taken out of the decoder by this reader (what seeking saves)
         self.seeks = 0  # seeks made by this reader
         self._key = tl.cache_key(self.path, self.facts.stream_index)
@@ -78,7 +82,25 @@ class PyAVReader(VideoReader):
 
     @property
     def coded_size(self) -> tuple[int, int]:
-        return int(self._stream.codec_context.height), int(self._stream.codec_context.width)
+        if self._size is None:  # no size in the header: the first frame's
+            self._bounded(lambda: self._rgb(self._first_frame()), "frame 0", "decoding frame 0 with pyav")
+        return self._size
+
+    def _first_frame(self) -> VideoFrame:
+        self._frames = None
+        self._container.seek(0, stream=self._stream)
+        for frame in tl.decode_passing_over_errors(self._container, self._stream):
+            return frame
+        raise VideoDecodeError(self.path, "no frame decodes")
+
+    def _rgb(self, frame: VideoFrame) -> np.ndarray:
+        """``frame`` as (H, W, 3) RGB at the stream's size (scaled there when the stream changed size)."""
+        if self._size is None:
+            self._size = (frame.height, frame.width)
+        height, width = self._size
+        if (frame.height, frame.width) == (height, width):
+            return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", width=width, height=height)
 
     @property
     def timeline(self) -> tl.Timeline | None:
@@ -166,7 +188,7 @@ class PyAVReader(VideoReader):
                 raise _Mismatch("decoded frames come out of timestamp order")
             self._last_pts = pts
             if pts == target:
-                return frame.to_ndarray(format="rgb24")
+                return self._rgb(frame)
             if pts > target or timeline.index_of(pts) is None:
                 raise _Mismatch(f"frame {index} (pts {target}) is not among the decoded frames (got pts {pts})")
 
@@ -178,7 +200,7 @@ class PyAVReader(VideoReader):
         for position, frame in enumerate(tl.decode_passing_over_errors(self._container, self._stream)):
             self.decoded_frames += 1
             if position in wanted:
-                out.append(frame.to_ndarray(format="rgb24"))
+                out.append(self._rgb(frame))
             if position >= last:
                 break
         self._frames = None
