@@ -98,3 +98,13 @@ def test_dataset_layout_configs_instantiate(data: str, overrides: list[str], sou
 def test_folder_data_requires_a_root(tmp_path: Path) -> None:
     cfg = compose_config(["data=folder", f"data.root={tmp_path}/videos"], tmp_path / "run")
     assert cfg.data.train.root == f"{tmp_path}/videos"
+
+
+@pytest.mark.parametrize("data", ["folder", "split_folders"])
+def test_folder_sources_read_the_configured_endings(data: str, tmp_path: Path) -> None:
+    plain = instantiate(compose_config([f"data={data}", "data.root=/v"], tmp_path / "run").data)
+    assert ".mts" in plain.sources["train"].extensions and ".gif" not in plain.sources["train"].extensions
+    cfg = compose_config([f"data={data}", "data.root=/v", "data.train.extensions=[gif,.MP4]"], tmp_path / "run")
+    sources = instantiate(cfg.data).sources
+    assert {name: source.extensions for name, source in sources.items() if source is not None} == {
+        name: (".gif", ".mp4") for name in (["train"] if data == "folder" else ["train", "val", "test"])}

@@ -42,6 +42,33 @@ def test_class_folders_recursive_any_extension(tmp_path: Path) -> None:
         ClassFolderSource(tmp_path / "missing").records()
 
 
+def test_class_folders_read_transport_streams_and_report_what_they_pass_over(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Recordings come as MPEG-TS (.ts, camcorders' .mts/.m2ts), DVDs as .vob: read as videos (and decoded
+    frame-exactly: the frames of a real .mts file spell their index). Other files are passed over and counted by
+    ending in one log line; `extensions` names the endings to read (GIFs here)."""
+    frames = np.stack([index_frame(i) for i in range(12)])
+    (tmp_path / "walk" / "day1").mkdir(parents=True)
+    recorded = write_video(tmp_path / "walk" / "day1" / "cam.mts", frames, options={"bf": "2", "g": "4"})
+    names = ["walk/b.TS", "walk/c.m2ts", "walk/d.vob", "walk/e.ogv", "walk/f.mxf", "walk/notes.txt", "walk/g.gif",
+             "walk/h.json", "walk/i.txt", "walk/README", "walk/._cam.mts"]
+    touched = {name: _touch(tmp_path, name) for name in names}
+    with caplog.at_level("INFO", logger="vidlstm.data.index"):
+        records = ClassFolderSource(tmp_path).records()
+    assert [r.path for r in records] == [touched["walk/b.TS"], touched["walk/c.m2ts"], touched["walk/d.vob"],
+                                         touched["walk/e.ogv"], touched["walk/f.mxf"], str(recorded)]
+    assert [line for line in caplog.messages if "passed over" in line] == [
+        f"{tmp_path}: passed over 5 files not named as videos (.txt 2, (no ending) 1, .gif 1, .json 1): the "
+        "source's `extensions` names the endings read"]
+    dataset = VideoClipDataset([r for r in records if r.path == str(recorded)], ["walk"],
+                               UniformSegmentSampler(12), lambda clip: clip)
+    assert [read_index(f) for f in dataset[0][0]] == list(range(12))
+    gifs = ClassFolderSource(tmp_path, extensions=["GIF", ".TXT"]).records()
+    assert [r.path for r in gifs] == [touched["walk/g.gif"], touched["walk/i.txt"], touched["walk/notes.txt"]]
+    with pytest.raises(ValueError, match="extensions: expected file endings"):
+        ClassFolderSource(tmp_path, extensions=[])
+
+
 def test_text_list_with_spaces_and_named_integer_labels(tmp_path: Path) -> None:
     (tmp_path / "classes.txt").write_text("brush teeth\njuggle\n")
     (tmp_path / "train.txt").write_text("clips/my clip.mp4 1\n# comment\n/abs/other.avi 0\n\n")

@@ -1,9 +1,12 @@
 """Predict list files parse as training list files do: paths with spaces, quoted paths, an optional label
-after the path, CSV with a ``path`` column; relative paths resolve against the list's folder."""
+after the path, CSV with a ``path`` column; relative paths resolve against the list's folder. A searched folder
+yields the files named as videos (transport streams included) and reports the others."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from vidlstm.data.index import ListFileSource
 from vidlstm.inference.batch import gather_inputs
@@ -56,3 +59,16 @@ def test_csv_list_uses_its_path_column(tmp_path: Path) -> None:
 def test_csv_without_header_takes_the_first_column(tmp_path: Path) -> None:
     (tmp_path / "list.csv").write_text('"g h.mp4",1\ni.mp4,2\n')
     assert gather_inputs(tmp_path / "list.csv") == [str(tmp_path / "g h.mp4"), str(tmp_path / "i.mp4")]
+
+
+def test_a_searched_folder_reads_transport_streams_and_reports_the_rest(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    names = ["cam/00001.MTS", "cam/00002.m2ts", "rec.ts", "a.mp4", "._a.mp4", "cam/.DS_Store", "labels.csv",
+             "cam/thumb.jpg", "cam/thumb2.jpg"]
+    _touch(*(tmp_path / name for name in names))
+    with caplog.at_level("INFO", logger="vidlstm.data.index"):
+        found = gather_inputs(tmp_path)
+    assert found == [str(tmp_path / name) for name in ["a.mp4", "rec.ts", "cam/00001.MTS", "cam/00002.m2ts"]]
+    assert [line for line in caplog.messages if "passed over" in line] == [
+        f"{tmp_path}: passed over 3 files not named as videos (.jpg 2, .csv 1): give a list file of their paths "
+        "to read them"]

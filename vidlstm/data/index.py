@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 import re
 import shlex
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,30 @@ from pathlib import Path
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
+
+
+def video_names(filenames: Iterable[str], extensions: tuple[str, ...], skipped: Counter) -> list[str]:
+    """The ``filenames`` ending in one of ``extensions`` (lower case; case-insensitive match), hidden files
+    left out; the endings of the others are counted in ``skipped``."""
+    kept = []
+    for name in filenames:
+        if name.startswith("."):
+            continue
+        if name.lower().endswith(extensions):
+            kept.append(name)
+        else:
+            skipped[os.path.splitext(name)[1].lower() or "(no ending)"] += 1
+    return kept
+
+
+def report_skipped(where: str | os.PathLike, skipped: Counter, how_to_read: str) -> None:
+    """Log the files a folder search passed over, counted by ending, and ``how_to_read`` them."""
+    if skipped:
+        ranked = sorted(skipped.items(), key=lambda item: (-item[1], item[0]))[:8]  # most first, then by name
+        endings = ", ".join(f"{ending} {count}" for ending, count in ranked)
+        log.info("%s: passed over %d files not named as videos (%s%s): %s", where, sum(skipped.values()), endings,
+                 ", ..." if len(skipped) > 8 else "", how_to_read)
 
 
 @dataclass(frozen=True)
@@ -103,25 +129,25 @@ class ClassFolderSource:
             it has one), e.g. ``person\\d+`` for ``person07_clip3.mp4``; files it does not match have none.
     """
 
-    def __init__(self, root: str | os.PathLike, extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+    def __init__(self, root: str | os.PathLike, extensions: Iterable[str] | None = None,
                  group_pattern: GroupPattern | None = None) -> None:
         self.root = Path(root)
-        self.extensions = tuple(e.lower() for e in extensions)
+        self.extensions = _endings(VIDEO_EXTENSIONS if extensions is None else extensions)
         self.group_pattern = compile_group_pattern(group_pattern)
 
     def records(self) -> list[VideoRecord]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: no such directory (expected root/<class_name>/<videos>)")
-        records = []
+        records, skipped = [], Counter()
         for class_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
                 dirnames.sort()
                 records.extend(
                     VideoRecord(str(Path(dirpath) / f), class_dir.name,
                                 group=pattern_group(f, self.group_pattern))
-                    for f in sorted(filenames)
-                    if f.lower().endswith(self.extensions) and not f.startswith(".")
+                    for f in video_names(sorted(filenames), self.extensions, skipped)
                 )
+        report_skipped(self.root, skipped, "the source's `extensions` names the endings read")
         if not records:
             raise FileNotFoundError(
                 f"{self.root}: no videos found (expected root/<class_name>/*{{{','.join(self.extensions)}}})"
@@ -130,6 +156,14 @@ class ClassFolderSource:
 
     def __repr__(self) -> str:
         return f"ClassFolderSource(root={str(self.root)!r})"
+
+
+def _endings(extensions: Iterable[str]) -> tuple[str, ...]:
+    """File endings in lower case with their dot ("MP4" and ".mp4" both give ".mp4"); an empty list is refused."""
+    endings = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    if not endings or not all(len(e) > 1 for e in endings):
+        raise ValueError(f"extensions: expected file endings such as ['.mp4', '.gif'], got {list(extensions)!r}")
+    return endings
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:

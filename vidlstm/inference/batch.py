@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vidlstm.common.report import write_timeline
-from vidlstm.data.index import _read_lines, _resolve, split_list_line
+from vidlstm.data.index import _read_lines, _resolve, report_skipped, split_list_line, video_names
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
 from vidlstm.inference.segments import segments_of
@@ -36,7 +37,7 @@ def gather_inputs(source: str | os.PathLike) -> list[str]:
     folder visited once so link cycles end), or a list file (.txt/.lst/.csv, see `_list_file_paths`)."""
     source = Path(source)
     if source.is_dir():
-        found, seen = [], set()
+        found, seen, skipped = [], set(), Counter()
         for folder, subfolders, files in os.walk(source, followlinks=True):
             real = os.path.realpath(folder)
             if real in seen:
@@ -44,7 +45,8 @@ def gather_inputs(source: str | os.PathLike) -> list[str]:
                 continue
             seen.add(real)
             subfolders.sort()
-            found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
+            found += [os.path.join(folder, f) for f in video_names(sorted(files), VIDEO_EXTENSIONS, skipped)]
+        report_skipped(source, skipped, "give a list file of their paths to read them")
         return found
     if source.suffix.lower() in LIST_SUFFIXES and source.is_file():
         return _list_file_paths(source)

@@ -22,7 +22,11 @@ from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, time_limit
 from vidlstm.data.video.errors import VideoDecodeError, _one_line
 from vidlstm.data.video.timeline import decode_passing_over_errors, shows_frame
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+# File endings read as videos when a folder is searched: the common containers, plus MPEG transport streams
+# (recordings, camcorders' AVCHD .mts/.m2ts, HLS segments), DVD .vob, Ogg .ogv, DV, MXF and the older web and
+# phone formats. Animated GIFs are left out (a folder of thumbnails is not a dataset); name them in `extensions`.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
+                    ".3g2", ".ts", ".mts", ".m2ts", ".m2v", ".vob", ".ogv", ".asf", ".f4v", ".divx", ".dv", ".mxf")
 
 # Codecs whose streams may carry frames that are decoded but never shown, in packets of their own.
 CODECS_HIDING_FRAMES = frozenset({"vp8", "vp9", "av1"})
