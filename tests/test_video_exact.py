@@ -4,8 +4,8 @@ One reader per file reads the same index lists round after round (random, sorted
 frames, in a different interleaving each round, plus a fresh random list), so a backend that is right only from
 a fresh state, or only sometimes, fails. Files: H.264 with B-frames, MPEG-4 part 2, MJPEG, VP8/VP9 (plain and
 with hidden frames), a variable-frame-rate .mkv and one whose frames share timestamps, and files from the wild:
-H.264 with B-frames in AVI, FLV, MPEG-TS and fragmented MP4, HEVC with B-frames, interlaced H.264, WMV2 in ASF,
-H.264 that changes size mid-stream.
+H.264 with B-frames in AVI, FLV, MPEG-TS (also with timestamps wrapping past 2^33) and fragmented MP4, HEVC with
+B-frames, interlaced H.264, WMV2 in ASF, H.264 that changes size mid-stream.
 The frame count is the number of frames that decode, the same in `probe()` and every backend; asking past it is
 one error everywhere.
 """
@@ -294,7 +294,7 @@ def test_probe_cache_keeps_the_count_and_hands_it_to_readers(files: dict[str, Pa
     _, bad = probe_module.probe_records([VideoRecord(path, "a")], cache, workers=0)
     assert not bad
     stored = json.loads(cache.read_text())
-    assert stored["version"] == probe_module.CACHE_VERSION == 3
+    assert stored["version"] == probe_module.CACHE_VERSION == 4
     result = stored["entries"][path]["result"]
     assert result["num_frames"] == N and result["facts"]["frames_counted"] and result["facts"]["num_packets"] == N + 10
 

@@ -229,6 +229,7 @@ WILD_CONTAINERS = {
     "h264_avi": ".avi",  # AVI keeps no presentation times: the demuxer guesses them
     "h264_flv": ".flv",
     "h264_ts": ".ts",
+    "h264_ts_wrap": ".ts",  # timestamps wrap past 2^33 mid-file (a recording's clock): FFmpeg starts it below 0
     "h264_fmp4": ".mp4",  # fragmented MP4 (moov without samples, then fragments): no frame table
     "h264_fmp4_hybrid": ".mp4",  # fragmented MP4 whose moov holds the first fragment's samples only
 }
@@ -239,6 +240,10 @@ def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
     if name in WILD_CODECS:
         suffix, codec, pix_fmt, options = WILD_CODECS[name]
         return write_video(path.with_suffix(suffix), _indexed_frames(num_frames), codec, pix_fmt, options)
+    if name == "h264_ts_wrap":
+        plain = wild_video(path.with_name(path.name + "_plain"), "h264_ts", num_frames)
+        return _remux(plain, path.with_suffix(".ts"), {"avoid_negative_ts": "disabled"}, "mpegts",
+                      shift=2**33 - 6 * 90_000)
     if name not in ("h264_fmp4", "h264_fmp4_hybrid"):
         _, codec, pix_fmt, options = CODECS["h264_bframes"]
         return write_video(path.with_suffix(WILD_CONTAINERS[name]), _indexed_frames(num_frames), codec, pix_fmt,
@@ -248,15 +253,17 @@ def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
     return _remux(source, path.with_suffix(".mp4"), {"movflags": flags})
 
 
-def _remux(source: Path, path: Path, options: dict[str, str]) -> Path:
-    """Copy the video stream of ``source`` into the MP4 ``path`` with these muxer options."""
+def _remux(source: Path, path: Path, options: dict[str, str], format: str = "mp4", shift: int = 0) -> Path:
+    """Copy the video stream of ``source`` into ``path`` (``format``) with these muxer options, its timestamps
+    moved by ``shift`` ticks (MPEG-TS keeps 33 bits of them: a shift near 2^33 makes them wrap)."""
     options = {"avoid_negative_ts": "make_zero", **options}  # as the ffmpeg tool does: B-frames start below 0
-    with av.open(str(source)) as inside, av.open(str(path), "w", format="mp4", options=options) as outside:
+    with av.open(str(source)) as inside, av.open(str(path), "w", format=format, options=options) as outside:
         stream = inside.streams.video[0]
         copy = outside.add_stream_from_template(stream)
         for packet in inside.demux(stream):
             if packet.dts is None:  # the demuxer's end-of-stream marker
                 continue
+            packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
             packet.stream = copy
             outside.mux(packet)
     return path

@@ -26,7 +26,8 @@ from vidlstm.utils.pool import Lost, imap_killable
 from vidlstm.utils.progress import progress
 
 # Part of every key. 2: files that decord/torchcodec decoded wrongly before (AVI, MPEG-TS, ...) are decoded again
-CACHE_FORMAT = 2
+# 3: and MPEG-TS files whose timestamps wrap past 2^33, which PyAV read from the wrap on
+CACHE_FORMAT = 3
 
 
 def _default_keep_open() -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, time_limit
 from vidlstm.data.video.errors import VideoDecodeError, _one_line
-from vidlstm.data.video.timeline import decode_passing_over_errors, shows_frame
+from vidlstm.data.video.timeline import decode_passing_over_errors, rewind, shows_frame
 
 # File endings read as videos when a folder is searched: the common containers, plus MPEG transport streams
 # (recordings, camcorders' AVCHD .mts/.m2ts, HLS segments), DVD .vob, Ogg .ogv, DV, MXF and the older web and
@@ -171,7 +171,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             rotation = declared_rotation(path, container.format.name, stream) or 0
         # Demux only: the packets really there (a truncated file has fewer than its header promises), the ones
         # that show a picture, and their timestamps.
-        container.seek(0, stream=stream)
+        rewind(container, stream)
         packets, keyframes, shown_pts, shown = 0, 0, [], 0
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
@@ -204,7 +204,7 @@ def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple
     colour conversion, or None when that takes longer than ``budget_s``. A packet that fails to decode yields no
     frame and is passed over, as the PyAV reader passes over it (`timeline.decode_passing_over_errors`)."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
-    container.seek(0, stream=stream)
+    rewind(container, stream)
     count, pts, failures = 0, [], []
     for frame in decode_passing_over_errors(container, stream, failures):
         if deadline is not None and time.monotonic() > deadline:

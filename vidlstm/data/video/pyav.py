@@ -88,7 +88,7 @@ class PyAVReader(VideoReader):
 
     def _first_frame(self) -> VideoFrame:
         self._frames = None
-        self._container.seek(0, stream=self._stream)
+        tl.rewind(self._container, self._stream)
         for frame in tl.decode_passing_over_errors(self._container, self._stream):
             return frame
         raise VideoDecodeError(self.path, "no frame decodes")
@@ -195,7 +195,7 @@ class PyAVReader(VideoReader):
     def _decode_counting(self, indices: list[int]) -> list[np.ndarray]:
         """Frames at ``indices`` by counting decoded frames from the start (for streams without usable pts)."""
         wanted, last, out, position = set(indices), indices[-1], [], -1
-        self._container.seek(0, stream=self._stream)
+        tl.rewind(self._container, self._stream)
         self.seeks += 1
         for position, frame in enumerate(tl.decode_passing_over_errors(self._container, self._stream)):
             self.decoded_frames += 1

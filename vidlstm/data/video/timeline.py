@@ -111,6 +111,23 @@ def _vp9_frame_shows(frame: memoryview) -> bool:
     return bool(bits >> (7 - position - 2) & 1)  # skip frame_type, read show_frame
 
 
+def rewind(container: InputContainer, stream: VideoStream) -> None:
+    """Put ``container`` back at the first packet of ``stream``. A seek to 0 does it where timestamps start at or
+    after 0; where they start below (MPEG-TS whose timestamps wrap past 2^33 mid-file: FFmpeg makes the ones
+    before the wrap negative), a seek to 0 lands mid-file and the frames before it were lost. Demuxers that keep
+    an index refuse a seek before their first entry: for them the first timestamp itself is the start."""
+    import av
+
+    start = stream.start_time
+    if start is None or start >= 0:
+        container.seek(0, stream=stream)
+        return
+    try:
+        container.seek(start - int(60 / stream.time_base), stream=stream)  # a minute before the first frame
+    except av.error.FFmpegError:
+        container.seek(start, stream=stream)
+
+
 def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
     """Demux ``stream`` once (no decoding) and tabulate its frames, or say why its packets cannot be trusted.
     Leaves the container positioned at its end: seek before decoding."""
@@ -118,7 +135,7 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
     check_shown = codec in ("vp8", "vp9")
     pts: list[int] = []
     keys: list[int] = []
-    container.seek(0, stream=stream)
+    rewind(container, stream)
     for packet in container.demux(stream):
         if not packet.size or packet.is_discard:
             continue
@@ -164,7 +181,7 @@ def decoded_timeline(container: InputContainer, stream: VideoStream) -> Timeline
     which are keyframes), or say why they cannot be told apart by timestamp."""
     pts: list[int] = []
     keys: list[int] = []
-    container.seek(0, stream=stream)
+    rewind(container, stream)
     for frame in decode_passing_over_errors(container, stream):
         if frame.pts is None:
             return "decoded frames carry no timestamp"
