@@ -223,6 +223,9 @@ WILD_CODECS = {
                                                        "x264-params": "interlaced=1"}),
     "wmv2_asf": (".wmv", "wmv2", "yuv420p", {"g": "12", "b": "4M"}),
     "mpeg2_ps": (".mpg", "mpeg2video", "yuv420p", {"bf": "2", "g": "12", "b": "4M"}),  # MPEG program stream
+    # recovery points flagged as keyframes although they are P pictures (low-latency streams, video calls)
+    "h264_intra_refresh": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "0",
+                                                          "x264-params": "intra-refresh=1:keyint=30"}),
 }
 # name -> file suffix of the `long_indexed_video` H.264 stream (B-frames) written into other containers
 WILD_CONTAINERS = {

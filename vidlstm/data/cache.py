@@ -26,7 +26,7 @@ from vidlstm.utils.pool import Lost, imap_killable
 from vidlstm.utils.progress import progress
 
 # Part of every key. 2: files that decord/torchcodec decoded wrongly before (AVI, MPEG-TS, ...) are decoded again
-# 3: and MPEG-TS files whose timestamps wrap past 2^33, which PyAV read from the wrap on
+# 3: and MPEG-TS files whose timestamps wrap past 2^33, which PyAV read from the wrap on, and intra-refresh H.264
 CACHE_FORMAT = 3
 
 

@@ -32,6 +32,8 @@ T = TypeVar("T")
 # B-frames (tests/test_video_exact.py): in AVI (no presentation times) torchcodec and decord were wrong on 52 of
 # 60 reads, in fragmented MP4 and FLV on 13-17 of 60, in MPEG-TS decord on every read while torchcodec failed;
 # decord was wrong on 36 of 60 reads of WMV2 in ASF.
+# They seek to the packets flagged as keyframes: H.264 with intra refresh flags recovery points (P pictures) so,
+# and both were wrong on 5 of 30 reads of such a file in MP4 and in Matroska.
 INDEX_MAPPING_BACKENDS = frozenset({"decord", "torchcodec"})
 
 
@@ -61,6 +63,9 @@ class VideoReader(ABC):
             if facts.hidden_frames:
                 return (f"{cls.backend} decodes streams with hidden frames wrongly ({facts.num_packets} packets, "
                         f"{facts.num_frames} frames)")
+            if facts.false_keyframes:
+                return (f"{cls.backend} decodes intra-refresh streams wrongly ({facts.false_keyframes} packets "
+                        "flagged as keyframes hold P/B pictures)")
             if not (facts.indexes_frames or facts.intra_only):
                 return (f"{cls.backend} decodes {_container_name(facts)} streams with inter-coded frames wrongly (no "
                         "frame table with presentation times to map frame numbers through)")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vidlstm.data.video.bitstream import keyframe_is_intra, nal_length_size
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, time_limit
 from vidlstm.data.video.errors import VideoDecodeError, _one_line
 from vidlstm.data.video.timeline import decode_passing_over_errors, rewind, shows_frame
@@ -66,6 +67,7 @@ class StreamFacts:
     keyframe_packets: int = 0  # packets flagged as keyframes
     interlaced: bool = False  # the first frame is coded as two fields
     undecodable_packets: int = 0  # packets that failed to decode while counting (a damaged or truncated file)
+    false_keyframes: int = 0  # packets flagged as keyframes that hold a P/B picture (intra-refresh recovery points)
 
     @property
     def intra_only(self) -> bool:
@@ -172,12 +174,15 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         # Demux only: the packets really there (a truncated file has fewer than its header promises), the ones
         # that show a picture, and their timestamps.
         rewind(container, stream)
-        packets, keyframes, shown_pts, shown = 0, 0, [], 0
+        packets, keyframes, false_keyframes, shown_pts, shown = 0, 0, 0, [], 0
+        length_size = nal_length_size(codec, stream.codec_context.extradata)
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
                 continue
             packets += 1
-            keyframes += packet.is_keyframe
+            if packet.is_keyframe:
+                keyframes += 1
+                false_keyframes += not keyframe_is_intra(codec, bytes(packet), length_size)
             if shows_frame(codec, memoryview(packet)):
                 shown += 1
                 if packet.pts is not None:
@@ -196,7 +201,8 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             raise VideoDecodeError(path, "video stream has no decodable frames")
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
-                           container.format.name, header_frames, keyframes, interlaced, undecodable)
+                           container.format.name, header_frames, keyframes, interlaced, undecodable,
+                           false_keyframes)
 
 
 def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple[int, list[int], int] | None:

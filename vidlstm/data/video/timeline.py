@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vidlstm.data.video.bitstream import keyframe_is_intra, nal_length_size
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -133,6 +135,7 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
     Leaves the container positioned at its end: seek before decoding."""
     codec = stream.codec_context.name
     check_shown = codec in ("vp8", "vp9")
+    length_size = nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
     keys: list[int] = []
     rewind(container, stream)
@@ -144,7 +147,7 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
         if check_shown and not shows_frame(codec, memoryview(packet)):
             continue
         pts.append(int(packet.pts))
-        if packet.is_keyframe:
+        if packet.is_keyframe and keyframe_is_intra(codec, bytes(packet), length_size):  # seek targets
             keys.append(int(packet.pts))
     return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "packets")
 
