@@ -191,7 +191,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         variable = uneven(shown_pts, time_base)
         num_frames = min(header_frames, shown) if header_frames > 0 else shown
         counted, undecodable = False, 0
-        if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES or variable:
+        if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES:
             found = _count_decoded(container, stream, count_budget_s)
             if found is not None:
                 num_frames, frame_pts, undecodable = found
