@@ -5,20 +5,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import pytest
 
 from vidlstm.data.video import open_video, stream_facts
 from vidlstm.data.video.bitstream import keyframe_is_intra, nal_length_size
 
-from .video_factory import wild_video
+from .video_factory import LONG_BITS, read_index, wild_video
 
 
-def _h264_slice(nal_type: int, slice_type: int) -> bytes:
-    """An H.264 slice NAL unit: header byte, then first_mb_in_slice = 0 and ``slice_type`` as Exp-Golomb codes."""
-    code = f"{slice_type + 1:b}"
-    bits = "1" + "0" * (len(code) - 1) + code  # ue(0), ue(slice_type)
+def _exp_golomb(value: int) -> str:
+    code = f"{value + 1:b}"
+    return "0" * (len(code) - 1) + code
+
+
+def _h264_slice(nal_type: int, slice_type: int, first_mb: int = 0) -> bytes:
+    """An H.264 slice NAL unit: header byte, then first_mb_in_slice and slice_type as Exp-Golomb codes, with
+    emulation-prevention bytes where the payload holds 00 00 0x."""
+    bits = _exp_golomb(first_mb) + _exp_golomb(slice_type)
     bits += "1" + "0" * (-(len(bits) + 1) % 8)  # stop bit, byte alignment
-    return bytes([0x60 | nal_type]) + int(bits, 2).to_bytes(len(bits) // 8, "big")
+    payload = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    for low in (b"\x00", b"\x01", b"\x02", b"\x03"):
+        payload = payload.replace(b"\x00\x00" + low, b"\x00\x00\x03" + low)
+    return bytes([0x60 | nal_type]) + payload
 
 
 def _hevc_nal(nal_type: int) -> bytes:
@@ -49,6 +58,15 @@ def test_h264_slice_types(slice_type: int, intra: bool, packaging: str) -> None:
     assert keyframe_is_intra("h264", packet, size) is intra
 
 
+@pytest.mark.parametrize("first_mb", [1, 396, 8159, 2**23 - 1])  # the last needs an emulation-prevention byte
+@pytest.mark.parametrize(("slice_type", "intra"), [(0, False), (7, True)])
+def test_h264_slices_past_the_first_macroblock(first_mb: int, slice_type: int, intra: bool) -> None:
+    nal = _h264_slice(1, slice_type, first_mb)
+    assert (b"\x00\x00\x03" in nal) == (first_mb == 2**23 - 1)
+    assert keyframe_is_intra("h264", _length_prefixed(SEI, nal), 4) is intra
+    assert keyframe_is_intra("h264", _annex_b(SEI, nal), 0) is intra
+
+
 def test_h264_idr_is_intra_whatever_follows() -> None:
     assert keyframe_is_intra("h264", _length_prefixed(SEI, _h264_slice(5, 0)), 4)
     assert keyframe_is_intra("h264", _length_prefixed(SEI), 4)  # no picture slice: nothing against the flag
@@ -58,9 +76,17 @@ def test_h264_idr_is_intra_whatever_follows() -> None:
 @pytest.mark.parametrize(("nal_type", "intra"), [(19, True), (20, True), (21, True), (16, True), (1, False),
                                                  (0, False), (9, False)])
 def test_hevc_random_access_points(nal_type: int, intra: bool) -> None:
-    vps, sei = _hevc_nal(32), _hevc_nal(39)
-    assert keyframe_is_intra("hevc", _length_prefixed(vps, sei, _hevc_nal(nal_type)), 4) is intra
-    assert keyframe_is_intra("hevc", _annex_b(vps, sei, _hevc_nal(nal_type)), 0) is intra
+    aud, vps, sei = _hevc_nal(35), _hevc_nal(32), _hevc_nal(39)
+    assert keyframe_is_intra("hevc", _length_prefixed(aud, vps, sei, _hevc_nal(nal_type)), 4) is intra
+    assert keyframe_is_intra("hevc", _annex_b(aud, vps, sei, _hevc_nal(nal_type)), 0) is intra
+
+
+def test_annex_b_units_keep_their_first_byte() -> None:
+    """A TRAIL_N unit's header starts with 00: splitting at start codes must not strip it (the IDR header byte
+    behind it would be read as the unit type: 0x26 >> 1 = 19)."""
+    trail_n_then_idr_like = bytes([0x00, 0x26, 0xAF])
+    assert keyframe_is_intra("hevc", _annex_b(trail_n_then_idr_like), 0) is False
+    assert keyframe_is_intra("hevc", b"\x00\x00\x01" + trail_n_then_idr_like, 0) is False  # 3-byte start code
 
 
 def test_nal_length_size_from_the_configuration_record() -> None:
@@ -70,6 +96,8 @@ def test_nal_length_size_from_the_configuration_record() -> None:
     hvcc = bytearray(23)
     hvcc[0], hvcc[21] = 1, 0x0F
     assert nal_length_size("hevc", bytes(hvcc)) == 4
+    hvcc[0] = 0  # configuration version 0 (early HEVC files; FFmpeg reads them)
+    assert nal_length_size("hevc", bytes(hvcc)) == 4
     assert keyframe_is_intra("vp9", b"\x82", 0)  # other codecs: the flag stands
 
 
@@ -78,7 +106,12 @@ def test_an_intra_refresh_stream_is_found_and_pyav_seeks_only_to_real_keyframes(
     found = stream_facts(path)
     assert found.false_keyframes >= 1 and found.keyframe_packets > found.false_keyframes
     with open_video(path, "pyav") as reader:
-        reader.get_frames([100, 110])
+        assert [read_index(f, LONG_BITS) for f in reader.get_frames([100, 110, 63, 64, 65])] == [100, 110, 63, 64, 65]
         timeline = reader.timeline
         assert timeline is not None and timeline.source == "packets"  # no rebuild from a full decode needed
-        assert len(timeline.keys) == found.keyframe_packets - found.false_keyframes
+        keys = timeline.keys.tolist()
+    with av.open(str(path)) as container:  # the keyframes: frames that decode as I pictures
+        stream = container.streams.video[0]
+        kinds = [getattr(frame.pict_type, "name", frame.pict_type) for frame in container.decode(stream)]
+    intra = [i for i, kind in enumerate(kinds) if kind in ("I", 1)]  # an enum or an int, by PyAV version
+    assert len(intra) >= 3 and keys == intra and len(keys) == found.keyframe_packets - found.false_keyframes

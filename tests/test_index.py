@@ -51,7 +51,8 @@ def test_class_folders_read_transport_streams_and_report_what_they_pass_over(
     (tmp_path / "walk" / "day1").mkdir(parents=True)
     recorded = write_video(tmp_path / "walk" / "day1" / "cam.mts", frames, options={"bf": "2", "g": "4"})
     names = ["walk/b.TS", "walk/c.m2ts", "walk/d.vob", "walk/e.ogv", "walk/f.mxf", "walk/notes.txt", "walk/g.gif",
-             "walk/h.json", "walk/i.txt", "walk/README", "walk/._cam.mts"]
+             "walk/h.json", "walk/i.txt", "walk/README", "walk/._cam.mts", "walk/.AppleDouble/b.TS",
+             "walk/day1/.Trashes/old.mp4"]
     touched = {name: _touch(tmp_path, name) for name in names}
     with caplog.at_level("INFO", logger="vidlstm.data.index"):
         records = ClassFolderSource(tmp_path).records()
@@ -65,6 +66,7 @@ def test_class_folders_read_transport_streams_and_report_what_they_pass_over(
     assert [read_index(f) for f in dataset[0][0]] == list(range(12))
     gifs = ClassFolderSource(tmp_path, extensions=["GIF", ".TXT"]).records()
     assert [r.path for r in gifs] == [touched["walk/g.gif"], touched["walk/i.txt"], touched["walk/notes.txt"]]
+    assert [r.path for r in ClassFolderSource(tmp_path, extensions="gif").records()] == [touched["walk/g.gif"]]
     with pytest.raises(ValueError, match="extensions: expected file endings"):
         ClassFolderSource(tmp_path, extensions=[])
 

@@ -64,7 +64,7 @@ def test_csv_without_header_takes_the_first_column(tmp_path: Path) -> None:
 def test_a_searched_folder_reads_transport_streams_and_reports_the_rest(tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     names = ["cam/00001.MTS", "cam/00002.m2ts", "rec.ts", "a.mp4", "._a.mp4", "cam/.DS_Store", "labels.csv",
-             "cam/thumb.jpg", "cam/thumb2.jpg"]
+             "cam/thumb.jpg", "cam/thumb2.jpg", ".AppleDouble/a.mp4", "cam/.Trashes/old.mp4"]
     _touch(*(tmp_path / name for name in names))
     with caplog.at_level("INFO", logger="vidlstm.data.index"):
         found = gather_inputs(tmp_path)

@@ -120,16 +120,17 @@ def segment_frames(record: VideoRecord, num_frames: int, fps: float) -> tuple[in
 
 
 class ClassFolderSource:
-    """A class-per-folder tree: ``root/<class_name>/**/<video>`` (any common video extension, recursive).
+    """A class-per-folder tree: ``root/<class_name>/**/<video>`` (any common video extension, recursive; hidden
+    files and folders are passed over).
 
     Args:
         root: the tree's top folder; each sub-folder is a class.
-        extensions: file endings counted as videos (case-insensitive).
+        extensions: file endings counted as videos (case-insensitive); they replace `VIDEO_EXTENSIONS` (None).
         group_pattern: optional regex whose match in a file name is the video's group (first capture group if
             it has one), e.g. ``person\\d+`` for ``person07_clip3.mp4``; files it does not match have none.
     """
 
-    def __init__(self, root: str | os.PathLike, extensions: Iterable[str] | None = None,
+    def __init__(self, root: str | os.PathLike, extensions: Iterable[str] | str | None = None,
                  group_pattern: GroupPattern | None = None) -> None:
         self.root = Path(root)
         self.extensions = _endings(VIDEO_EXTENSIONS if extensions is None else extensions)
@@ -141,7 +142,7 @@ class ClassFolderSource:
         records, skipped = [], Counter()
         for class_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-                dirnames.sort()
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .AppleDouble, .Trashes, ...
                 records.extend(
                     VideoRecord(str(Path(dirpath) / f), class_dir.name,
                                 group=pattern_group(f, self.group_pattern))
@@ -158,8 +159,11 @@ class ClassFolderSource:
         return f"ClassFolderSource(root={str(self.root)!r})"
 
 
-def _endings(extensions: Iterable[str]) -> tuple[str, ...]:
-    """File endings in lower case with their dot ("MP4" and ".mp4" both give ".mp4"); an empty list is refused."""
+def _endings(extensions: Iterable[str] | str) -> tuple[str, ...]:
+    """File endings in lower case with their dot ("MP4" and ".mp4" both give ".mp4"); one ending may be given as a
+    plain string; an empty list is refused."""
+    if isinstance(extensions, str):
+        extensions = [extensions]
     endings = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     if not endings or not all(len(e) > 1 for e in endings):
         raise ValueError(f"extensions: expected file endings such as ['.mp4', '.gif'], got {list(extensions)!r}")

@@ -44,7 +44,7 @@ def gather_inputs(source: str | os.PathLike) -> list[str]:
                 subfolders[:] = []
                 continue
             seen.add(real)
-            subfolders.sort()
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # .AppleDouble, .Trashes, ...
             found += [os.path.join(folder, f) for f in video_names(sorted(files), VIDEO_EXTENSIONS, skipped)]
         report_skipped(source, skipped, "give a list file of their paths to read them")
         return found

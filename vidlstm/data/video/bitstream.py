@@ -15,7 +15,9 @@ def nal_length_size(codec: str, extradata: bytes | None) -> int:
     """Bytes of the length prefix before each NAL unit (1-4, from the avcC/hvcC header in ``extradata``), or 0 for
     start-code (Annex B) streams."""
     data = bytes(extradata or b"")
-    if not data or data[0] != 1:  # a configuration record starts with version 1; Annex B with 0x00 00 (00) 01
+    # Annex B parameter sets start with a start code; anything else is a configuration record (version 1, or 0 in
+    # some early HEVC files, which FFmpeg accepts too).
+    if not data or data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
         return _ANNEX_B
     at = 4 if codec == H264 else 21
     return (data[at] & 3) + 1 if len(data) > at else _ANNEX_B
@@ -52,7 +54,9 @@ def _nal_units(packet: bytes, length_size: int) -> list[bytes]:
             units.append(packet[at + length_size: at + length_size + size])
             at += length_size + size
         return units
-    return [unit.lstrip(b"\x00") for unit in packet.split(b"\x00\x00\x01")]
+    # Each start code ends in 00 00 01; a unit's trailing zeros belong to the next 4-byte start code (or are
+    # padding). What precedes the first start code is no unit.
+    return [unit.rstrip(b"\x00") for unit in packet.split(b"\x00\x00\x01")[1:]]
 
 
 def _unescape(data: bytes) -> bytes:

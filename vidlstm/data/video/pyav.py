@@ -123,6 +123,8 @@ class PyAVReader(VideoReader):
         return self._timeline
 
     def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
+        if self._size is None:  # no size in the header: frame 0's, also when a later frame is asked for first
+            self._rgb(self._first_frame())
         try:
             while (timeline := self.timeline) is not None:
                 try:
