@@ -10,7 +10,7 @@ import pytest
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vidlstm.cli.benchmark.common import timed
-from vidlstm.cli.benchmark.data import _PersistentProcesses, _shares, bench_loader, bench_seek, long_video
+from vidlstm.cli.benchmark.data import EMPTY, _PersistentProcesses, _shares, bench_loader, bench_seek, long_video
 from vidlstm.data.video import BACKENDS, available_backends, stream_facts
 
 
@@ -55,6 +55,9 @@ def test_loader_check_counts_the_cpu_of_processes_that_outlive_a_run(tiny_demo) 
         for name in names:
             rate, cpu_ms, walls = results[name]
             assert rate > 0 and len(walls) == 2 and cpu_ms > 0.5, (name, results[name])
+    for name in (f"{EMPTY} raw x2", f"{EMPTY} loader 2 workers"):  # processes started and stopped, nothing decoded
+        walls = results[name][2]
+        assert len(walls) == 2 and min(walls) > 0, (name, results[name])
     main_only = timed(lambda: time.sleep(0.05))[1]
     assert main_only < 0.02
 

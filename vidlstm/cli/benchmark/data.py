@@ -6,7 +6,8 @@ the same round-robin share of batches per process): ratio loader / raw decoding 
 uses (``data.normalize_on_device=true``, reused batch memory): it hands over uint8 clips at the model's size and
 the float conversion + normalisation run on the training device; the fully normalising loader is printed beside
 it. With workers it is measured twice: started for each epoch against raw processes started for each run, and
-with persistent workers (training's default) against raw processes that also live across runs.
+with persistent workers (training's default) against raw processes that also live across runs; and an epoch with
+nothing to decode shows what starting and stopping the workers costs against plain processes.
 The seek check reads a 16-frame clip (every 2nd frame) from the first and from the last 10% of a 10-minute 480p
 H.264 video (x264 ultrafast, a keyframe every 2 s; generated once into ./data/benchmark), each from a freshly
 opened reader as a dataset does, interleaved, and prints per backend the median cost of each and late / early
@@ -173,6 +174,11 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
             f"loader {workers} workers": lambda loader=uint8_loader: _consume(loader),
             f"loader {workers} workers, float": lambda loader=float_loader: _consume(loader),
         }
+        if workers:  # what an epoch with nothing to decode costs: starting and stopping the processes
+            empty = DataLoader(VideoClipDataset([], classes, sampler, in_loader, backend=backend),
+                               batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
+            runs[f"{EMPTY} raw x{workers}"] = lambda nothing=[[]] * workers: _in_processes(nothing, backend, None)
+            runs[f"{EMPTY} loader {workers} workers"] = lambda loader=empty: _consume(loader)
         living: dict[str, Callable[[], list[int]]] = {}  # runs whose processes outlive them: their pids
         with contextlib.ExitStack() as persistent:
             if workers:
@@ -199,6 +205,8 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
         results["frame cache later"] = measured([timed(lambda: _consume(loader))])
     return results
 
+
+EMPTY = "empty epoch,"  # runs that only start and stop their processes
 
 LONG_VIDEO_FPS, LONG_VIDEO_KEYINT, LONG_VIDEO_SIZE = 25, 50, (854, 480)  # a keyframe every 2 s
 
@@ -280,7 +288,8 @@ def run(args: argparse.Namespace) -> None:
     with open_video(next(iter(ClassFolderSource(videos).records())).path) as reader:
         print(f"  (the loader and the raw decoding processes open videos with backend auto: {reader.backend})")
     for name, (rate, cpu_ms, _) in results.items():
-        print(f"  {name:<36} {rate:8.1f} clips/s   {cpu_ms:6.2f} ms CPU per clip")
+        if not name.startswith(EMPTY):
+            print(f"  {name:<36} {rate:8.1f} clips/s   {cpu_ms:6.2f} ms CPU per clip")
     for workers in (0, 2):
         processes = max(1, workers)
         pairs = [("raw decoding", "", "target >= 0.9"), ("raw + transform", "", "the loader's own cost")]
@@ -292,6 +301,13 @@ def run(args: argparse.Namespace) -> None:
             print(f"  ratio loader({workers}{kept} workers) / {raw} in {processes}{kept} process(es): "
                   f"{rate / raw_rate:.2f}   ({note}; by CPU time {raw_cpu_ms / cpu_ms:.2f}; run by run "
                   f"{per_run[0]:.2f}-{per_run[-1]:.2f}, middle half {_quartiles(per_run)})")
+        if workers:
+            raw_ms, loader_ms = (1e3 * statistics.median(results[f"{EMPTY} {name}"][2])
+                                 for name in (f"raw x{workers}", f"loader {workers} workers"))
+            epoch_ms = 1e3 * statistics.median(results[f"loader {workers} workers"][2])
+            print(f"  an epoch of nothing: {workers} loader workers start and stop in {loader_ms:.0f} ms, {workers} "
+                  f"plain processes in {raw_ms:.0f} ms (PyTorch's DataLoader; {loader_ms - raw_ms:.0f} ms is "
+                  f"{100 * (loader_ms - raw_ms) / epoch_ms:.1f}% of this {args.clips}-clip epoch)")
         float_rate = results[f"loader {workers} workers, float"][0]
         print(f"  ratio float loader({workers} workers) / raw decoding in {processes} process(es): "
               f"{float_rate / results[f'raw decoding x{processes}'][0]:.2f}   (normalising in the workers)")
