@@ -20,13 +20,16 @@ SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
 
 
+def visible(names: Iterable[str]) -> list[str]:
+    """``names`` without hidden ones (".DS_Store", "._clip.mp4", ".AppleDouble", ".Trashes"), sorted."""
+    return sorted(name for name in names if not name.startswith("."))
+
+
 def video_names(filenames: Iterable[str], extensions: tuple[str, ...], skipped: Counter) -> list[str]:
-    """The ``filenames`` ending in one of ``extensions`` (lower case; case-insensitive match), hidden files
-    left out; the endings of the others are counted in ``skipped``."""
+    """The visible ``filenames`` ending in one of ``extensions`` (lower case; case-insensitive match), sorted;
+    the endings of the other visible ones are counted in ``skipped``."""
     kept = []
-    for name in filenames:
-        if name.startswith("."):
-            continue
+    for name in visible(filenames):
         if name.lower().endswith(extensions):
             kept.append(name)
         else:
@@ -142,11 +145,11 @@ class ClassFolderSource:
         records, skipped = [], Counter()
         for class_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .AppleDouble, .Trashes, ...
+                dirnames[:] = visible(dirnames)
                 records.extend(
                     VideoRecord(str(Path(dirpath) / f), class_dir.name,
                                 group=pattern_group(f, self.group_pattern))
-                    for f in video_names(sorted(filenames), self.extensions, skipped)
+                    for f in video_names(filenames, self.extensions, skipped)
                 )
         report_skipped(self.root, skipped, "the source's `extensions` names the endings read")
         if not records:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vidlstm.common.report import write_timeline
-from vidlstm.data.index import _read_lines, _resolve, report_skipped, split_list_line, video_names
+from vidlstm.data.index import _read_lines, _resolve, report_skipped, split_list_line, video_names, visible
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
 from vidlstm.inference.segments import segments_of
@@ -44,8 +44,8 @@ def gather_inputs(source: str | os.PathLike) -> list[str]:
                 subfolders[:] = []
                 continue
             seen.add(real)
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # .AppleDouble, .Trashes, ...
-            found += [os.path.join(folder, f) for f in video_names(sorted(files), VIDEO_EXTENSIONS, skipped)]
+            subfolders[:] = visible(subfolders)
+            found += [os.path.join(folder, f) for f in video_names(files, VIDEO_EXTENSIONS, skipped)]
         report_skipped(source, skipped, "give a list file of their paths to read them")
         return found
     if source.suffix.lower() in LIST_SUFFIXES and source.is_file():

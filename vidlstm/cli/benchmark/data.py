@@ -41,6 +41,8 @@ from vidlstm.data.sampling import UniformSegmentSampler
 from vidlstm.data.transforms import eval_transform
 from vidlstm.data.video import BACKENDS, available_backends, open_video, stream_facts
 
+EMPTY = "empty epoch,"  # names of the runs that only start and stop their processes
+
 
 def _decode_share(share: list[tuple[str, list[int]]], backend: str, transform: Callable | None) -> None:
     """What one loader worker decodes, without the loader: open, read the same indices, (transform), close."""
@@ -205,8 +207,6 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
         results["frame cache later"] = measured([timed(lambda: _consume(loader))])
     return results
 
-
-EMPTY = "empty epoch,"  # runs that only start and stop their processes
 
 LONG_VIDEO_FPS, LONG_VIDEO_KEYINT, LONG_VIDEO_SIZE = 25, 50, (854, 480)  # a keyframe every 2 s
 

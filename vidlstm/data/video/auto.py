@@ -17,7 +17,7 @@ from vidlstm.data.video.base import VideoReader
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, _limited, _stuck_before
 from vidlstm.data.video.decord import DecordReader
 from vidlstm.data.video.errors import DecodeTimeout, FrameOutOfRange, VideoDecodeError, _one_line
-from vidlstm.data.video.facts import StreamFacts, VideoInfo, stream_facts
+from vidlstm.data.video.facts import StreamFacts, VideoInfo, put_bounded, stream_facts
 from vidlstm.data.video.opencv import OpenCVReader
 from vidlstm.data.video.pyav import PyAVReader
 from vidlstm.data.video.torchcodec import TorchCodecReader
@@ -144,7 +144,7 @@ class AutoReader(VideoReader):
                     raise
                 except VideoDecodeError as err:
                     self.failures.append(f"{self._reader.backend}: {err.reason}")
-                    _remember_failed_read(self.path, self._reader.backend)
+                    put_bounded(_FAILED_READS, (self.path, self._reader.backend), None, _FAILED_READS_LIMIT)
                     self._reader.close()
                     left = None if not self._timeout_s else self._timeout_s - (time.monotonic() - started)
                     if left is not None and left <= 0:
@@ -198,12 +198,6 @@ class AutoReader(VideoReader):
 # with the next backend there. Bounded: the oldest pairs are forgotten.
 _FAILED_READS: dict[tuple[str, str], None] = {}
 _FAILED_READS_LIMIT = 65536
-
-
-def _remember_failed_read(path: str, backend: str) -> None:
-    if len(_FAILED_READS) >= _FAILED_READS_LIMIT:
-        del _FAILED_READS[next(iter(_FAILED_READS))]
-    _FAILED_READS[(path, backend)] = None
 
 
 def _open_with(name: str, path: Path, facts: StreamFacts, timeout_s: float | None, device: str = "cpu"

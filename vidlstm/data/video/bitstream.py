@@ -7,6 +7,8 @@ that seeks to such a "keyframe" and starts decoding there delivers partly refres
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 H264, HEVC = "h264", "hevc"
 _ANNEX_B = 0  # NAL length size meaning "start codes" (MPEG-TS, raw streams) instead of length prefixes
 
@@ -23,14 +25,14 @@ def nal_length_size(codec: str, extradata: bytes | None) -> int:
     return (data[at] & 3) + 1 if len(data) > at else _ANNEX_B
 
 
-def keyframe_is_intra(codec: str, packet: bytes, length_size: int) -> bool:
+def keyframe_is_intra(codec: str, packet: bytes | memoryview, length_size: int) -> bool:
     """Whether the picture of a keyframe-flagged ``packet`` decodes on its own: an H.264 IDR or I slice, an HEVC
     random access point (IDR, CRA, BLA). False for a P or B picture (an intra-refresh recovery point). Other codecs,
     and packets that cannot be parsed, count as intra (nothing to say against the flag)."""
     if codec not in (H264, HEVC):
         return True
     for nal in _nal_units(packet, length_size):
-        if not nal:
+        if not any(nal[:2]):  # empty, or zero padding (no NAL header is 00 00)
             continue
         if codec == HEVC:
             kind = nal[0] >> 1 & 0x3F
@@ -41,22 +43,29 @@ def keyframe_is_intra(codec: str, packet: bytes, length_size: int) -> bool:
         if kind == 5:  # IDR slice
             return True
         if kind == 1:  # non-IDR slice: its type tells (first_mb_in_slice, then slice_type, both ue(v))
-            slice_type = _second_exp_golomb(_unescape(nal[1:24]))
+            slice_type = _second_exp_golomb(_unescape(bytes(nal[1:24])))
             return slice_type is None or slice_type % 5 in (2, 4)  # I or SI
     return True
 
 
-def _nal_units(packet: bytes, length_size: int) -> list[bytes]:
+def _nal_units(packet: bytes | memoryview, length_size: int) -> Iterator[memoryview]:
+    """The NAL units of ``packet``, in order, as views (nothing copied; the caller stops at the first picture)."""
+    view = memoryview(packet)
     if length_size:
-        units, at = [], 0
-        while at + length_size <= len(packet):
-            size = int.from_bytes(packet[at: at + length_size], "big")
-            units.append(packet[at + length_size: at + length_size + size])
+        at = 0
+        while at + length_size <= len(view):
+            size = int.from_bytes(view[at: at + length_size], "big")
+            yield view[at + length_size: at + length_size + size]
             at += length_size + size
-        return units
-    # Each start code ends in 00 00 01; a unit's trailing zeros belong to the next 4-byte start code (or are
-    # padding). What precedes the first start code is no unit.
-    return [unit.rstrip(b"\x00") for unit in packet.split(b"\x00\x00\x01")[1:]]
+        return
+    # Each start code ends in 00 00 01; what precedes the first is no unit. A unit may end in the zero that begins
+    # the next 4-byte start code: only a unit's first bytes are read.
+    data = packet if isinstance(packet, bytes) else view.tobytes()
+    start = data.find(b"\x00\x00\x01")
+    while start >= 0:
+        end = data.find(b"\x00\x00\x01", start + 3)
+        yield view[start + 3: len(data) if end < 0 else end]
+        start = end
 
 
 def _unescape(data: bytes) -> bytes:

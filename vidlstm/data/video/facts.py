@@ -107,6 +107,13 @@ _COUNTED: dict[tuple[str, int, int], StreamFacts] = {}
 _COUNTED_LIMIT = 1 << 22
 
 
+def put_bounded(cache: dict, key: object, value: object, limit: int) -> None:
+    """``cache[key] = value``, dropping the oldest entry first when ``cache`` holds ``limit`` entries."""
+    if len(cache) >= limit and key not in cache:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
 def _key(path: str | os.PathLike, stat: os.stat_result) -> tuple[str, int, int]:
     return (str(path), stat.st_size, stat.st_mtime_ns)
 
@@ -124,9 +131,7 @@ def stream_facts(path: str | os.PathLike, timeout_s: float | None = DEFAULT_TIME
         budget = None if not timeout_s else timeout_s * COUNT_SHARE_OF_TIMEOUT
         with time_limit(timeout_s, path, "probing"):
             known = _probe_stream(key[0], budget)
-        if len(_FACTS) >= _FACTS_LIMIT:
-            del _FACTS[next(iter(_FACTS))]
-        _FACTS[key] = known
+        put_bounded(_FACTS, key, known, _FACTS_LIMIT)
     return known
 
 
@@ -135,13 +140,9 @@ def remember_facts(path: str | os.PathLike, size: int, mtime_ns: int, facts: Str
     facts that cost a full decode are kept for the life of the process."""
     key = (str(path), int(size), int(mtime_ns))
     if facts.frames_counted:
-        if len(_COUNTED) >= _COUNTED_LIMIT:
-            del _COUNTED[next(iter(_COUNTED))]
-        _COUNTED[key] = facts
+        put_bounded(_COUNTED, key, facts, _COUNTED_LIMIT)
     elif key not in _FACTS:
-        if len(_FACTS) >= _FACTS_LIMIT:
-            del _FACTS[next(iter(_FACTS))]
-        _FACTS[key] = facts
+        put_bounded(_FACTS, key, facts, _FACTS_LIMIT)
 
 
 def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
@@ -182,7 +183,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             packets += 1
             if packet.is_keyframe:
                 keyframes += 1
-                false_keyframes += not keyframe_is_intra(codec, bytes(packet), length_size)
+                false_keyframes += not keyframe_is_intra(codec, memoryview(packet), length_size)
             if shows_frame(codec, memoryview(packet)):
                 shown += 1
                 if packet.pts is not None:

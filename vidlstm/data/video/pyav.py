@@ -82,21 +82,23 @@ class PyAVReader(VideoReader):
 
     @property
     def coded_size(self) -> tuple[int, int]:
-        if self._size is None:  # no size in the header: the first frame's
-            self._bounded(lambda: self._rgb(self._first_frame()), "frame 0", "decoding frame 0 with pyav")
+        if self._size is None:
+            self._bounded(self._size_of_frame_0, "frame 0", "decoding frame 0 with pyav")
         return self._size
 
-    def _first_frame(self) -> VideoFrame:
+    def _size_of_frame_0(self) -> None:
+        """Take the size from frame 0 where the header gives none."""
+        if self._size is not None:
+            return
         self._frames = None
         tl.rewind(self._container, self._stream)
         for frame in tl.decode_passing_over_errors(self._container, self._stream):
-            return frame
+            self._size = (frame.height, frame.width)
+            return
         raise VideoDecodeError(self.path, "no frame decodes")
 
     def _rgb(self, frame: VideoFrame) -> np.ndarray:
         """``frame`` as (H, W, 3) RGB at the stream's size (scaled there when the stream changed size)."""
-        if self._size is None:
-            self._size = (frame.height, frame.width)
         height, width = self._size
         if (frame.height, frame.width) == (height, width):
             return frame.to_ndarray(format="rgb24")
@@ -123,8 +125,7 @@ class PyAVReader(VideoReader):
         return self._timeline
 
     def _decode_sorted_unique(self, indices: list[int]) -> torch.Tensor:
-        if self._size is None:  # no size in the header: frame 0's, also when a later frame is asked for first
-            self._rgb(self._first_frame())
+        self._size_of_frame_0()  # also when a later frame is asked for first
         try:
             while (timeline := self.timeline) is not None:
                 try:

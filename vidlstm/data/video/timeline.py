@@ -147,7 +147,7 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
         if check_shown and not shows_frame(codec, memoryview(packet)):
             continue
         pts.append(int(packet.pts))
-        if packet.is_keyframe and keyframe_is_intra(codec, bytes(packet), length_size):  # seek targets
+        if packet.is_keyframe and keyframe_is_intra(codec, memoryview(packet), length_size):  # seek targets
             keys.append(int(packet.pts))
     return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "packets")
 
