@@ -5,7 +5,7 @@ frames, in a different interleaving each round, plus a fresh random list), so a 
 a fresh state, or only sometimes, fails. Files: H.264 with B-frames, MPEG-4 part 2, MJPEG, VP8/VP9 (plain and
 with hidden frames), a variable-frame-rate .mkv and one whose frames share timestamps, and files from the wild:
 H.264 with B-frames in AVI, FLV, MPEG-TS (also with timestamps wrapping past 2^33) and fragmented MP4, HEVC with
-B-frames, interlaced H.264, H.264 with intra refresh, WMV2 in ASF, H.264 that changes size mid-stream.
+B-frames, interlaced H.264, H.264 with intra refresh, WMV2 in ASF, AV1, H.264 that changes size mid-stream.
 The frame count is the number of frames that decode, the same in `probe()` and every backend; asking past it is
 one error everywhere.
 """
@@ -24,6 +24,7 @@ import pytest
 from vidlstm.data import probe as probe_module
 from vidlstm.data.index import VideoRecord
 from vidlstm.data.video import (
+    AUTO_ORDER,
     BACKENDS,
     FrameOutOfRange,
     VideoDecodeError,
@@ -79,6 +80,10 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     **{name: lambda p, name=name: wild_video(p, name, N) for name in [*WILD_CONTAINERS, *WILD_CODECS]},
 }
 IRREGULAR = ("vp8_hidden", "vfr_mkv", "vfr_shared_pts")
+# (backend, file) where the backend's own FFmpeg has no decoder for the codec: it must fail with a clear error,
+# never deliver frames (decord 0.6 fails to open AV1; opencv-python 5.0 decodes no AV1 frame without a hardware
+# decoder). Should a release gain the decoder, the pair is held to exactness like every other.
+LIBRARY_LACKS_DECODER = {("decord", "av1_mp4"), ("opencv", "av1_mp4")}
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +118,14 @@ def test_one_reader_stays_exact_over_many_rounds(files: dict[str, Path], name: s
         with pytest.raises(VideoDecodeError, match="decodes"):
             open_video(path, backend)
         return
-    with open_video(path, backend) as reader:
-        assert reader.num_frames == N
-        wrong, reads = wrong_reads(reader)
+    try:
+        with open_video(path, backend) as reader:
+            assert reader.num_frames == N
+            wrong, reads = wrong_reads(reader)
+    except VideoDecodeError:
+        if (backend, name) in LIBRARY_LACKS_DECODER:
+            return
+        raise
     assert not wrong, f"{backend} on {name}: {len(wrong)} of {reads} reads wrong, e.g. (asked, got) {wrong[:3]}"
 
 
@@ -169,7 +179,7 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
     looked = {name: stream_facts(files[name]) for name in MAKERS}
     with_table = {n for n, f in looked.items() if f.indexes_frames}
     assert with_table == {"h264_bframes", "vp9_webm", "vp8_hidden", "vp9_hidden", "vfr_mkv", "vfr_shared_pts",
-                          "hevc_mp4", "h264_interlaced", "h264_intra_refresh"}
+                          "hevc_mp4", "h264_interlaced", "h264_intra_refresh"} | ({"av1_mp4"} & set(MAKERS))
     assert {n for n, f in looked.items() if f.false_keyframes} == {"h264_intra_refresh"}
     assert {n for n, f in looked.items() if f.intra_only} == {"mjpeg_avi"}
     for fragmented in ("h264_fmp4", "h264_fmp4_hybrid"):  # told apart by the count: none, or the first fragment's
@@ -199,6 +209,22 @@ def test_auto_serves_irregular_streams_with_an_exact_backend(files: dict[str, Pa
         assert reader.backend == probe(files[name]).backend
         wrong, reads = wrong_reads(reader, rounds=3)
     assert not wrong, f"auto ({reader.backend}) on {name}: {len(wrong)} of {reads} reads wrong"
+
+
+@pytest.mark.skipif("av1_mp4" not in MAKERS, reason="this PyAV cannot encode AV1")
+@pytest.mark.parametrize("order", [AUTO_ORDER, tuple(b for b in AUTO_ORDER if b != "torchcodec")],
+                         ids=["default", "without_torchcodec"])
+def test_auto_reads_av1_exactly_with_or_without_torchcodec(files: dict[str, Path], order: tuple[str, ...]) -> None:
+    """AV1 (YouTube's codec): where torchcodec is missing, decord (no AV1 decoder) fails and `auto` moves on to
+    an exact backend. The probe names the codec, not the decoder PyAV picked ("libdav1d"), and counts no frame
+    (a temporal unit shows exactly one frame)."""
+    path = files["av1_mp4"]
+    looked = stream_facts(path)
+    assert (looked.codec, looked.frames_counted, looked.num_frames) == ("av1", False, N)
+    with open_video(path, "auto", order) as reader:
+        wrong, reads = wrong_reads(reader, rounds=5)
+        assert reader.backend in {"torchcodec", "pyav"} and reader.backend in order
+    assert not wrong, f"auto ({reader.backend}) on AV1: {len(wrong)} of {reads} reads wrong"
 
 
 def test_variable_frame_rate_is_detected(files: dict[str, Path]) -> None:

@@ -226,7 +226,11 @@ WILD_CODECS = {
     # recovery points flagged as keyframes although they are P pictures (low-latency streams, video calls)
     "h264_intra_refresh": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "0",
                                                           "x264-params": "intra-refresh=1:keyint=30"}),
+    # AV1 (SVT-AV1, hidden reference frames inside each temporal unit): what YouTube and newer downloads carry
+    "av1_mp4": (".mp4", "libsvtav1", "yuv420p", {"g": "12", "crf": "30"}),
 }
+if "libsvtav1" not in av.codecs_available:  # a PyAV built without the SVT-AV1 encoder
+    del WILD_CODECS["av1_mp4"]
 # name -> file suffix of the `long_indexed_video` H.264 stream (B-frames) written into other containers
 WILD_CONTAINERS = {
     "h264_avi": ".avi",  # AVI keeps no presentation times: the demuxer guesses them

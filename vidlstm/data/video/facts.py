@@ -4,7 +4,7 @@ that `probe` reports.
 The frame count is the number of frames that decode. A header's count, or the packets, are trusted only where
 they cannot differ from it; otherwise the frames are counted by decoding the stream once (no colour conversion):
 when the header has no count (WebM/MKV) or disagrees with the packets, when the codec can hide frames in packets
-of their own (VP8/VP9/AV1 alt-ref frames, which decode to no picture), and when the frame rate varies.
+of their own (VP8/VP9 alt-ref frames, which decode to no picture), and when the frame rate varies.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from vidlstm.data.video.bitstream import keyframe_is_intra, nal_length_size
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, time_limit
 from vidlstm.data.video.errors import VideoDecodeError, _one_line
-from vidlstm.data.video.timeline import decode_passing_over_errors, rewind, shows_frame
+from vidlstm.data.video.timeline import codec_name, decode_passing_over_errors, rewind, shows_frame
 
 # File endings read as videos when a folder is searched: the common containers, plus MPEG transport streams
 # (recordings, camcorders' AVCHD .mts/.m2ts, HLS segments), DVD .vob, Ogg .ogv, DV, MXF and the older web and
@@ -29,8 +29,9 @@ from vidlstm.data.video.timeline import decode_passing_over_errors, rewind, show
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                     ".3g2", ".ts", ".mts", ".m2ts", ".m2v", ".vob", ".ogv", ".asf", ".f4v", ".divx", ".dv", ".mxf")
 
-# Codecs whose streams may carry frames that are decoded but never shown, in packets of their own.
-CODECS_HIDING_FRAMES = frozenset({"vp8", "vp9", "av1"})
+# Codecs whose streams may carry frames that are decoded but never shown, in packets of their own. (AV1 hides
+# frames too, but inside the temporal unit of a shown one: each packet shows exactly one frame.)
+CODECS_HIDING_FRAMES = frozenset({"vp8", "vp9"})
 MP4_FAMILY, MATROSKA = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"  # FFmpeg's names of these containers
 # Share of the probe's time limit the frame count may take; past it the shown packets are counted instead.
 COUNT_SHARE_OF_TIMEOUT = 0.5
@@ -157,7 +158,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         if not videos:
             raise VideoDecodeError(path, "no video stream (audio-only or cover art only)")
         stream = max(videos, key=lambda s: (s.codec_context.width * s.codec_context.height, -s.index))
-        codec = stream.codec_context.name
+        codec = codec_name(stream)
         stream.thread_type = "SLICE"  # PyAV's default, stated: frame threads lose frames at a packet that fails
         header_frames = int(stream.frames or 0)
         try:

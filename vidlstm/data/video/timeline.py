@@ -113,6 +113,12 @@ def _vp9_frame_shows(frame: memoryview) -> bool:
     return bool(bits >> (7 - position - 2) & 1)  # skip frame_type, read show_frame
 
 
+def codec_name(stream: VideoStream) -> str:
+    """The codec's own name ("av1"), not the name of the decoder PyAV picked for it ("libdav1d", "libaom-av1"
+    or "av1" depending on the FFmpeg build)."""
+    return getattr(stream.codec_context.codec, "canonical_name", None) or stream.codec_context.name
+
+
 def rewind(container: InputContainer, stream: VideoStream) -> None:
     """Put ``container`` back at the first packet of ``stream``. A seek to 0 does it where timestamps start at or
     after 0; where they start below (MPEG-TS whose timestamps wrap past 2^33 mid-file: FFmpeg makes the ones
@@ -133,7 +139,7 @@ def rewind(container: InputContainer, stream: VideoStream) -> None:
 def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
     """Demux ``stream`` once (no decoding) and tabulate its frames, or say why its packets cannot be trusted.
     Leaves the container positioned at its end: seek before decoding."""
-    codec = stream.codec_context.name
+    codec = codec_name(stream)
     check_shown = codec in ("vp8", "vp9")
     length_size = nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
