@@ -153,7 +153,10 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
         if check_shown and not shows_frame(codec, memoryview(packet)):
             continue
         pts.append(int(packet.pts))
-        if packet.is_keyframe and keyframe_is_intra(codec, memoryview(packet), length_size):  # seek targets
+        # Seek targets: keyframes whose picture decodes alone. Intra-refresh recovery points are not: FFmpeg holds
+        # frames back after one until it judges them whole, but on a 600-frame x264 file (recovery_frame_cnt 18,
+        # exact_match_flag 1) a start at one of its 19 recovery points gave 30 wrong frames that FFmpeg passed.
+        if packet.is_keyframe and keyframe_is_intra(codec, memoryview(packet), length_size):
             keys.append(int(packet.pts))
     return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "packets")
 
