@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +70,24 @@ def test_probe_reports_metadata(indexed_mp4: Path) -> None:
     assert info.backend in BACKENDS
 
 
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("clip.mp4", b"\0" * 1000)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [("missing.mp4", None, "no such file"), ("empty.mp4", b"", "empty file"),
-     ("notes.mp4", b"these are my holiday notes, not a video\n" * 20, "not a readable media file")],
+     ("notes.mp4", b"these are my holiday notes, not a video\n" * 20, "not a readable media file: it is text"),
+     ("page.mp4", b"\n<!DOCTYPE html><html><head><title>403 Forbidden</title></head></html>\n",
+      "not a readable media file: it is an HTML page"),
+     ("unicode_page.mp4", "\ufeff<html>".encode() + "Zugriff verweigert \u2014 ".encode() * 40,
+      "it is an HTML page"),
+     ("archive.mp4", _zip_bytes(), "not a readable media file: it is a ZIP archive"),
+     ("noise.mp4", bytes(np.random.default_rng(0).integers(1, 256, 4000, dtype=np.uint8)),
+      r"not a readable media file \(")],
 )
 def test_bad_files_raise_decode_error_naming_the_path(tmp_path: Path, name: str, content, reason: str) -> None:
     path = tmp_path / name
@@ -81,6 +97,35 @@ def test_bad_files_raise_decode_error_naming_the_path(tmp_path: Path, name: str,
         open_video(path)
     assert caught.value.path == str(path) and str(path) in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_an_mp4_cut_before_its_index_is_named_so(tmp_path: Path, indexed_mp4: Path) -> None:
+    """An interrupted recording or copy: the index (moov box, written last by default) is missing."""
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(indexed_mp4.read_bytes()[: indexed_mp4.stat().st_size // 2])
+    with pytest.raises(VideoDecodeError, match=r"it is an MP4/MOV file without its index \(moov box missing"):
+        open_video(cut)
+
+
+@pytest.mark.parametrize(("image_format", "shown"), [("JPEG", "JPEG"), ("PNG", "PNG"), ("GIF", "GIF")])
+def test_a_still_image_under_a_video_name_is_refused(tmp_path: Path, image_format: str, shown: str) -> None:
+    from PIL import Image
+
+    path = tmp_path / "thumbnail.mp4"
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(path, format=image_format)
+    with pytest.raises(VideoDecodeError, match=rf"a still image \({shown}\), not a video"):
+        probe(path)
+
+
+def test_an_animated_gif_is_still_a_video(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "animated.gif"
+    frames = [Image.fromarray(_index_frame(i)) for i in range(6)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    with open_video(path, "pyav") as reader:
+        assert reader.num_frames == 6
+        assert [_read_index(f) for f in reader.get_frames([5, 0, 3])] == [5, 0, 3]
 
 
 def test_unknown_backend_is_a_clear_error(indexed_mp4: Path) -> None:

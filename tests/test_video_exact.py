@@ -338,7 +338,7 @@ def test_probe_cache_keeps_the_count_and_hands_it_to_readers(files: dict[str, Pa
     _, bad = probe_module.probe_records([VideoRecord(path, "a")], cache, workers=0)
     assert not bad
     stored = json.loads(cache.read_text())
-    assert stored["version"] == probe_module.CACHE_VERSION == 4
+    assert stored["version"] == probe_module.CACHE_VERSION == 5
     result = stored["entries"][path]["result"]
     assert result["num_frames"] == N and result["facts"]["frames_counted"] and result["facts"]["num_packets"] == N + 10
 

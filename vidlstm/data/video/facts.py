@@ -152,7 +152,9 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
     try:
         container = av.open(path)
     except Exception as err:
-        raise VideoDecodeError(path, f"not a readable media file ({_one_line(err)})") from err
+        held = _what_else(path)
+        raise VideoDecodeError(path, f"not a readable media file: it is {held}" if held else
+                               f"not a readable media file ({_one_line(err)})") from err
     with container:
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not videos:
@@ -201,10 +203,52 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
                 variable = uneven(frame_pts, time_base) if len(frame_pts) == num_frames else variable
         if num_frames <= 0:
             raise VideoDecodeError(path, "video stream has no decodable frames")
+        if num_frames == 1 and _image_format(container.format.name):
+            raise VideoDecodeError(path, f"a still image ({_image_format(container.format.name)}), not a video")
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
                            container.format.name, header_frames, keyframes, interlaced, undecodable,
                            false_keyframes)
+
+
+# What a file FFmpeg cannot open holds instead, told by its first bytes: datasets gathered from the web keep error
+# pages and archives under video names.
+_SIGNATURES = ((b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"), (b"Rar!", "a RAR archive"),
+               (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"%PDF", "a PDF document"))
+_TEXTS = (("<!doctype html", "an HTML page (the error page of a failed download?)"),
+          ("<html", "an HTML page (the error page of a failed download?)"), ("<?xml", "an XML document"),
+          ("{", "JSON text"), ("[", "JSON text"))
+
+
+def _what_else(path: str) -> str:
+    """What the first bytes of ``path`` say it is ("an HTML page", "a ZIP archive", "text"), or "" when they do
+    not say."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return ""
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV file without its index (moov box missing or cut off: an interrupted recording or copy?)"
+    if not head or b"\0" in head:
+        return ""
+    for cut in range(4):  # the read may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8").lstrip("\ufeff \t\r\n").lower()
+        except UnicodeDecodeError:
+            continue
+        return next((what for start, what in _TEXTS if text.startswith(start)), "text")
+    return ""
+
+
+def _image_format(format_name: str) -> str:
+    """The image kind FFmpeg's demuxer ``format_name`` reads ("JPEG" for "jpeg_pipe"), or "" for video formats."""
+    if format_name.endswith("_pipe"):
+        return format_name.removesuffix("_pipe").upper()
+    return {"image2": "image", "gif": "GIF", "apng": "APNG"}.get(format_name, "")
 
 
 def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple[int, list[int], int] | None:
