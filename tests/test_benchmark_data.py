@@ -10,7 +10,7 @@ import pytest
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vidlstm.cli.benchmark.common import timed
-from vidlstm.cli.benchmark.data import EMPTY, _PersistentProcesses, _shares, bench_loader, bench_seek, long_video
+from vidlstm.cli.benchmark.data import AGAIN, EMPTY, _PersistentProcesses, _shares, bench_loader, bench_seek, long_video
 from vidlstm.data.video import BACKENDS, available_backends, stream_facts
 
 
@@ -51,7 +51,8 @@ def test_loader_check_counts_the_cpu_of_processes_that_outlive_a_run(tiny_demo) 
     for workers in (0, 2):
         processes = max(1, workers)
         names = [f"raw decoding x{processes}", f"raw + transform x{processes}", f"loader {workers} workers"]
-        names += [f"raw decoding x{workers} persistent", f"loader {workers} workers persistent"] if workers else []
+        names += [f"raw decoding x{workers} persistent", f"loader {workers} workers persistent",
+                  f"{AGAIN} x{workers}"] if workers else []
         for name in names:
             rate, cpu_ms, walls = results[name]
             assert rate > 0 and len(walls) == 2 and cpu_ms > 0.5, (name, results[name])
@@ -69,3 +70,26 @@ def test_persistent_raw_processes_report_a_failed_share(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="failed"):
             processes.run([[(str(tmp_path / "missing.mp4"), [0])], []], "auto")
         assert processes.pids() == pids, "the same processes serve every run"
+
+
+def test_the_report_prints_every_ratio_with_this_machines_noise(tiny_demo, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """The printed report, on a few clips: each target ratio, the empty epoch, and the same raw decoding measured
+    twice (what chance alone does to a ratio here)."""
+    import argparse
+
+    from vidlstm.cli.benchmark.data import run
+
+    args = argparse.Namespace(videos=Path(tiny_demo.split_dir("train")), clips=16, num_frames=4, size=32, repeats=2,
+                              long_video=long_video(tmp_path, minutes=0.4), seek_repeats=1)
+    run(args)
+    out = capsys.readouterr().out
+    for line in ("ratio loader(0 workers) / raw decoding in 1 process(es)",
+                 "ratio loader(2 workers) / raw decoding in 2 process(es)",
+                 "ratio loader(2 persistent workers) / raw decoding in 2 persistent process(es)",
+                 "ratio raw decoding / the same raw decoding in 2 processes",
+                 "an epoch of nothing: 2 loader workers start and stop in",
+                 "ratio frame-cache epoch / decoding epoch (0 workers)", "late/early"):
+        assert line in out, line
+    noise = float(out.split("the same raw decoding in 2 processes: ")[1].split()[0])
+    assert 0.2 < noise < 5

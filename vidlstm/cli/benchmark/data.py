@@ -7,7 +7,8 @@ uses (``data.normalize_on_device=true``, reused batch memory): it hands over uin
 the float conversion + normalisation run on the training device; the fully normalising loader is printed beside
 it. With workers it is measured twice: started for each epoch against raw processes started for each run, and
 with persistent workers (training's default) against raw processes that also live across runs; and an epoch with
-nothing to decode shows what starting and stopping the workers costs against plain processes.
+nothing to decode shows what starting and stopping the workers costs against plain processes; the raw decoding
+with workers is measured twice, and the ratio of the two shows how far this machine's noise moves a ratio.
 The seek check reads a 16-frame clip (every 2nd frame) from the first and from the last 10% of a 10-minute 480p
 H.264 video (x264 ultrafast, a keyframe every 2 s; generated once into ./data/benchmark), each from a freshly
 opened reader as a dataset does, interleaved, and prints per backend the median cost of each and late / early
@@ -42,6 +43,7 @@ from vidlstm.data.transforms import eval_transform
 from vidlstm.data.video import BACKENDS, available_backends, open_video, stream_facts
 
 EMPTY = "empty epoch,"  # names of the runs that only start and stop their processes
+AGAIN = "raw decoding again"  # name of the second measurement of the same raw decoding (this machine's noise)
 
 
 def _decode_share(share: list[tuple[str, list[int]]], backend: str, transform: Callable | None) -> None:
@@ -176,7 +178,10 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
             f"loader {workers} workers": lambda loader=uint8_loader: _consume(loader),
             f"loader {workers} workers, float": lambda loader=float_loader: _consume(loader),
         }
-        if workers:  # what an epoch with nothing to decode costs: starting and stopping the processes
+        if workers:
+            # The same raw decoding measured twice: how far two runs of one piece of work part on this machine
+            runs[f"{AGAIN} x{workers}"] = lambda shares=shares: _in_processes(shares, backend, None)
+            # What an epoch with nothing to decode costs: starting and stopping the processes
             empty = DataLoader(VideoClipDataset([], classes, sampler, in_loader, backend=backend),
                                batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
             runs[f"{EMPTY} raw x{workers}"] = lambda nothing=[[]] * workers: _in_processes(nothing, backend, None)
@@ -302,6 +307,9 @@ def run(args: argparse.Namespace) -> None:
                   f"{rate / raw_rate:.2f}   ({note}; by CPU time {raw_cpu_ms / cpu_ms:.2f}; run by run "
                   f"{per_run[0]:.2f}-{per_run[-1]:.2f}, middle half {_quartiles(per_run)})")
         if workers:
+            same = results[f"{AGAIN} x{workers}"][0] / results[f"raw decoding x{workers}"][0]
+            print(f"  ratio raw decoding / the same raw decoding in {workers} processes: {same:.2f}   (no difference "
+                  "but this machine's noise: how far the ratios above can move by chance)")
             raw_ms, loader_ms = (1e3 * statistics.median(results[f"{EMPTY} {name}"][2])
                                  for name in (f"raw x{workers}", f"loader {workers} workers"))
             epoch_ms = 1e3 * statistics.median(results[f"loader {workers} workers"][2])
@@ -337,7 +345,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=512, help="clips decoded per measurement")
     parser.add_argument("--num-frames", type=int, default=16, help="frames per clip")
     parser.add_argument("--size", type=int, default=64, help="crop size of the dataset's transform")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved runs per loader measurement (median)")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved runs per loader measurement (median)")
     parser.add_argument("--long-video", type=Path, help="video for the seek check (default: a generated "
                                                           "10-minute 480p H.264 file in ./data/benchmark)")
     parser.add_argument("--seek-repeats", type=int, default=11, help="early and late clips per backend (median)")
