@@ -80,10 +80,6 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     **{name: lambda p, name=name: wild_video(p, name, N) for name in [*WILD_CONTAINERS, *WILD_CODECS]},
 }
 IRREGULAR = ("vp8_hidden", "vfr_mkv", "vfr_shared_pts")
-# (backend, file) where the backend's own FFmpeg has no decoder for the codec: it must fail with a clear error,
-# never deliver frames (decord 0.6 fails to open AV1; opencv-python 5.0 decodes no AV1 frame without a hardware
-# decoder). Should a release gain the decoder, the pair is held to exactness like every other.
-LIBRARY_LACKS_DECODER = {("decord", "av1_mp4"), ("opencv", "av1_mp4")}
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +110,13 @@ def wrong_reads(reader: VideoReader, rounds: int = ROUNDS, limit: int = N) -> tu
 def test_one_reader_stays_exact_over_many_rounds(files: dict[str, Path], name: str, backend: str) -> None:
     path = files[name]
     reason = BACKENDS[backend].unsuitable_reason(stream_facts(path))
-    if reason:  # refused pairs: see test_refusals_are_earned and test_index_mapping_backends_refuse_...
-        with pytest.raises(VideoDecodeError, match="decodes"):
+    if reason:  # refused pairs: see test_refusals_are_earned, test_index_mapping_backends_refuse_... and
+        with pytest.raises(VideoDecodeError, match="decode"):  # test_missing_decoders_are_missing
             open_video(path, backend)
         return
-    try:
-        with open_video(path, backend) as reader:
-            assert reader.num_frames == N
-            wrong, reads = wrong_reads(reader)
-    except VideoDecodeError:
-        if (backend, name) in LIBRARY_LACKS_DECODER:
-            return
-        raise
+    with open_video(path, backend) as reader:
+        assert reader.num_frames == N
+        wrong, reads = wrong_reads(reader)
     assert not wrong, f"{backend} on {name}: {len(wrong)} of {reads} reads wrong, e.g. (asked, got) {wrong[:3]}"
 
 
@@ -209,6 +200,21 @@ def test_auto_serves_irregular_streams_with_an_exact_backend(files: dict[str, Pa
         assert reader.backend == probe(files[name]).backend
         wrong, reads = wrong_reads(reader, rounds=3)
     assert not wrong, f"auto ({reader.backend}) on {name}: {len(wrong)} of {reads} reads wrong"
+
+
+@pytest.mark.skipif("av1_mp4" not in MAKERS, reason="this PyAV cannot encode AV1")
+@pytest.mark.parametrize("backend", [
+    pytest.param(b, marks=pytest.mark.skipif(b not in available_backends(), reason=f"{b} cannot load here"))
+    for b in ("decord", "opencv")])
+def test_missing_decoders_are_missing(files: dict[str, Path], backend: str) -> None:
+    """decord and OpenCV refuse AV1 by name; forced past the refusal they still cannot decode it (decord fails to
+    open the stream, OpenCV delivers no frame). Should a release gain the decoder, this fails: drop the refusal."""
+    path = files["av1_mp4"]
+    with pytest.raises(VideoDecodeError, match=f"{backend} cannot decode av1"):
+        open_video(path, backend)
+    disguised = dataclasses.replace(stream_facts(path), codec="h264")
+    with pytest.raises(Exception), BACKENDS[backend](str(path), disguised) as reader:  # noqa: B017
+        reader.get_frames([0, 5, 60])  # (decord, constructed directly, raises its own DECORDError)
 
 
 @pytest.mark.skipif("av1_mp4" not in MAKERS, reason="this PyAV cannot encode AV1")

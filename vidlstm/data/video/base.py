@@ -50,10 +50,14 @@ class VideoReader(ABC):
     native: ClassVar[bool] = False
     # Codecs this backend decodes wrongly (measured by tests/test_video_backends.py): `auto` skips it there.
     UNRELIABLE_CODECS: ClassVar[frozenset[str]] = frozenset()
+    # Codecs the FFmpeg this backend bundles has no decoder for (tests/test_video_exact.py shows each still fails).
+    MISSING_DECODERS: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
         """Why this backend must not serve a file with these facts, or None."""
+        if facts.codec in cls.MISSING_DECODERS:
+            return f"{cls.backend} cannot decode {facts.codec} (the FFmpeg it bundles has no decoder for it)"
         if facts.codec in cls.UNRELIABLE_CODECS:
             return f"{cls.backend} decodes {facts.codec} wrongly (wrong or missing frames on random access)"
         if cls.backend in INDEX_MAPPING_BACKENDS:

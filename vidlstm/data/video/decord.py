@@ -18,6 +18,7 @@ class DecordReader(VideoReader):
     native = True
     # MPEG-4 Part 2 and HEVC with B-frames: wrong frames on random access (HEVC: 21 of 60 reads, in MP4 and MOV)
     UNRELIABLE_CODECS = frozenset({"mpeg4", "hevc"})
+    MISSING_DECODERS = frozenset({"av1"})  # decord 0.6 fails to open AV1 ("cannot find video stream")
 
     @classmethod
     def unsuitable_reason(cls, facts: StreamFacts) -> str | None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -151,14 +151,21 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
 
     try:
         container = av.open(path)
+    except VideoDecodeError:  # the time limit
+        raise
     except Exception as err:
         held = _what_else(path)
-        raise VideoDecodeError(path, f"not a readable media file: it is {held}" if held else
-                               f"not a readable media file ({_one_line(err)})") from err
+        raise VideoDecodeError(path, f"not a readable media file{f': it is {held}' if held else ''} "
+                                     f"({_one_line(err)})") from err
     with container:
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not videos:
-            raise VideoDecodeError(path, "no video stream (audio-only or cover art only)")
+            if container.streams.audio or any(s.disposition & av.stream.Disposition.attached_pic
+                                              for s in container.streams.video):
+                raise VideoDecodeError(path, "no video stream (audio-only or cover art only)")
+            held = _what_else(path)  # text FFmpeg read as subtitles or lyrics, data only
+            raise VideoDecodeError(path, f"no video stream{f': it is {held}' if held else ''} (FFmpeg read it as "
+                                         f"{container.format.name})")
         stream = max(videos, key=lambda s: (s.codec_context.width * s.codec_context.height, -s.index))
         codec = codec_name(stream)
         stream.thread_type = "SLICE"  # PyAV's default, stated: frame threads lose frames at a packet that fails
@@ -203,8 +210,8 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
                 variable = uneven(frame_pts, time_base) if len(frame_pts) == num_frames else variable
         if num_frames <= 0:
             raise VideoDecodeError(path, "video stream has no decodable frames")
-        if num_frames == 1 and _image_format(container.format.name):
-            raise VideoDecodeError(path, f"a still image ({_image_format(container.format.name)}), not a video")
+        if num_frames == 1 and (kind := _image_format(container.format.name) or _still_image_brand(path)):
+            raise VideoDecodeError(path, f"a still image ({kind}), not a video")
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
                            container.format.name, header_frames, keyframes, interlaced, undecodable,
@@ -215,9 +222,12 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
 # pages and archives under video names.
 _SIGNATURES = ((b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"), (b"Rar!", "a RAR archive"),
                (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"%PDF", "a PDF document"))
-_TEXTS = (("<!doctype html", "an HTML page (the error page of a failed download?)"),
-          ("<html", "an HTML page (the error page of a failed download?)"), ("<?xml", "an XML document"),
-          ("{", "JSON text"), ("[", "JSON text"))
+_HTML = "an HTML page (the error page of a failed download?)"
+_TEXTS = (("<!doctype html", _HTML), ("<html", _HTML), ("<?xml", "an XML document"),
+          ("version https://git-lfs", "a Git LFS pointer (run `git lfs pull` where the dataset was cloned)"),
+          ("{", "JSON text"))
+# ISO-BMFF brands of still images (AVIF, HEIF/HEIC photos), which FFmpeg reads with its MP4 demuxer
+_STILL_BRANDS = {b"avif": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF"}
 
 
 def _what_else(path: str) -> str:
@@ -226,13 +236,14 @@ def _what_else(path: str) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(512)
+            if head[4:8] == b"ftyp":
+                return "" if b"moov" in _top_level_boxes(f) else (
+                    "an MP4/MOV file without its index (no moov box: an interrupted recording or copy?)")
     except OSError:
         return ""
     for magic, what in _SIGNATURES:
         if head.startswith(magic):
             return what
-    if head[4:8] == b"ftyp":
-        return "an MP4/MOV file without its index (moov box missing or cut off: an interrupted recording or copy?)"
     if not head or b"\0" in head:
         return ""
     for cut in range(4):  # the read may end inside a multi-byte character
@@ -240,15 +251,37 @@ def _what_else(path: str) -> str:
             text = head[: len(head) - cut].decode("utf-8").lstrip("\ufeff \t\r\n").lower()
         except UnicodeDecodeError:
             continue
+        if "<html" in text:
+            return _HTML
         return next((what for start, what in _TEXTS if text.startswith(start)), "text")
     return ""
+
+
+def _top_level_boxes(f: BinaryIO) -> list[bytes]:
+    from vidlstm.data.video.pyav import _mp4_boxes  # here: pyav imports this module
+
+    return [kind for kind, _, _ in _mp4_boxes(f, 0, os.fstat(f.fileno()).st_size)]
 
 
 def _image_format(format_name: str) -> str:
     """The image kind FFmpeg's demuxer ``format_name`` reads ("JPEG" for "jpeg_pipe"), or "" for video formats."""
     if format_name.endswith("_pipe"):
         return format_name.removesuffix("_pipe").upper()
-    return {"image2": "image", "gif": "GIF", "apng": "APNG"}.get(format_name, "")
+    return {"gif": "GIF", "apng": "APNG"}.get(format_name, "")
+
+
+def _still_image_brand(path: str) -> str:
+    """"AVIF", "HEIC" or "HEIF" when the file's ISO-BMFF brands name a still image format, else ""."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return ""
+    if head[4:8] != b"ftyp":
+        return ""
+    size = int.from_bytes(head[:4], "big")
+    brands = [head[8:12]] + [head[i: i + 4] for i in range(16, min(size, len(head)) - 3, 4)]
+    return next((_STILL_BRANDS[b] for b in brands if b in _STILL_BRANDS), "")
 
 
 def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple[int, list[int], int] | None:

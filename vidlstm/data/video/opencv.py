@@ -32,6 +32,8 @@ class OpenCVReader(VideoReader):
     timestamps are read forward from the start (or from the last frame read, when the request lies ahead).
     """
 
+    MISSING_DECODERS = frozenset({"av1"})  # opencv-python 5.0: its FFmpeg decodes AV1 only on hardware, no frame here
+
     backend = "opencv"
     applies_rotation = True
 

@@ -116,7 +116,7 @@ def _vp9_frame_shows(frame: memoryview) -> bool:
 def codec_name(stream: VideoStream) -> str:
     """The codec's own name ("av1"), not the name of the decoder PyAV picked for it ("libdav1d", "libaom-av1"
     or "av1" depending on the FFmpeg build)."""
-    return getattr(stream.codec_context.codec, "canonical_name", None) or stream.codec_context.name
+    return stream.codec_context.codec.canonical_name
 
 
 def rewind(container: InputContainer, stream: VideoStream) -> None:
