@@ -14,14 +14,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from vidlstm.data.video.bitstream import keyframe_is_intra, nal_length_size
 from vidlstm.data.video.deadlines import DEFAULT_TIMEOUT_S, time_limit
 from vidlstm.data.video.errors import VideoDecodeError, _one_line
-from vidlstm.data.video.timeline import codec_name, decode_passing_over_errors, rewind, shows_frame
+from vidlstm.data.video.timeline import (
+    CODECS_HIDING_FRAMES,
+    codec_name,
+    decode_passing_over_errors,
+    rewind,
+    shows_frame,
+)
 
 # File endings read as videos when a folder is searched: the common containers, plus MPEG transport streams
 # (recordings, camcorders' AVCHD .mts/.m2ts, HLS segments), DVD .vob, Ogg .ogv, DV, MXF and the older web and
@@ -29,9 +35,6 @@ from vidlstm.data.video.timeline import codec_name, decode_passing_over_errors, 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                     ".3g2", ".ts", ".mts", ".m2ts", ".m2v", ".vob", ".ogv", ".asf", ".f4v", ".divx", ".dv", ".mxf")
 
-# Codecs whose streams may carry frames that are decoded but never shown, in packets of their own. (AV1 hides
-# frames too, but inside the temporal unit of a shown one: each packet shows exactly one frame.)
-CODECS_HIDING_FRAMES = frozenset({"vp8", "vp9"})
 MP4_FAMILY, MATROSKA = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"  # FFmpeg's names of these containers
 # Share of the probe's time limit the frame count may take; past it the shown packets are counted instead.
 COUNT_SHARE_OF_TIMEOUT = 0.5
@@ -160,8 +163,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
     with container:
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not videos:
-            if container.streams.audio or any(s.disposition & av.stream.Disposition.attached_pic
-                                              for s in container.streams.video):
+            if container.streams.audio or container.streams.video:  # the video streams left are cover art
                 raise VideoDecodeError(path, "no video stream (audio-only or cover art only)")
             held = _what_else(path)  # text FFmpeg read as subtitles or lyrics, data only
             raise VideoDecodeError(path, f"no video stream{f': it is {held}' if held else ''} (FFmpeg read it as "
@@ -233,14 +235,10 @@ _STILL_BRANDS = {b"avif": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HE
 def _what_else(path: str) -> str:
     """What the first bytes of ``path`` say it is ("an HTML page", "a ZIP archive", "text"), or "" when they do
     not say."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-            if head[4:8] == b"ftyp":
-                return "" if b"moov" in _top_level_boxes(f) else (
-                    "an MP4/MOV file without its index (no moov box: an interrupted recording or copy?)")
-    except OSError:
-        return ""
+    head = _head(path)
+    if head[4:8] == b"ftyp":
+        return "" if b"moov" in _top_level_boxes(path) else (
+            "an MP4/MOV file without its index (no moov box: an interrupted recording or copy?)")
     for magic, what in _SIGNATURES:
         if head.startswith(magic):
             return what
@@ -257,10 +255,23 @@ def _what_else(path: str) -> str:
     return ""
 
 
-def _top_level_boxes(f: BinaryIO) -> list[bytes]:
+def _head(path: str, size: int = 512) -> bytes:
+    """The first ``size`` bytes of ``path`` (b"" when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def _top_level_boxes(path: str) -> list[bytes]:
     from vidlstm.data.video.pyav import _mp4_boxes  # here: pyav imports this module
 
-    return [kind for kind, _, _ in _mp4_boxes(f, 0, os.fstat(f.fileno()).st_size)]
+    try:
+        with open(path, "rb") as f:
+            return [kind for kind, _, _ in _mp4_boxes(f, 0, os.fstat(f.fileno()).st_size)]
+    except OSError:
+        return []
 
 
 def _image_format(format_name: str) -> str:
@@ -272,11 +283,7 @@ def _image_format(format_name: str) -> str:
 
 def _still_image_brand(path: str) -> str:
     """"AVIF", "HEIC" or "HEIF" when the file's ISO-BMFF brands name a still image format, else ""."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return ""
+    head = _head(path, 64)
     if head[4:8] != b"ftyp":
         return ""
     size = int.from_bytes(head[:4], "big")

@@ -73,6 +73,11 @@ def _timeline(pts: list[int], keys: list[int], time_base: Fraction, start_time: 
     return Timeline(order, key_index.astype(np.int64), time_base, start_time, source)
 
 
+# Codecs whose streams may carry frames that are decoded but never shown, in packets of their own. (AV1 hides
+# frames too, but inside the temporal unit of a shown one: each packet shows exactly one frame.)
+CODECS_HIDING_FRAMES = frozenset({"vp8", "vp9"})
+
+
 def shows_frame(codec: str, data: memoryview) -> bool:
     """Whether a packet of ``codec`` puts a picture on screen. VP8 and VP9 may carry hidden (alt-ref) frames in
     packets of their own, which decode to nothing; other codecs show one frame per packet."""
@@ -140,7 +145,7 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
     """Demux ``stream`` once (no decoding) and tabulate its frames, or say why its packets cannot be trusted.
     Leaves the container positioned at its end: seek before decoding."""
     codec = codec_name(stream)
-    check_shown = codec in ("vp8", "vp9")
+    check_shown = codec in CODECS_HIDING_FRAMES
     length_size = nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
     keys: list[int] = []
