@@ -37,6 +37,7 @@ from vidlstm.data.video import (
 )
 from vidlstm.data.video.base import INDEX_MAPPING_BACKENDS
 from vidlstm.data.video.facts import MATROSKA
+from vidlstm.data.video.opencv import opencv_version
 
 from .video_factory import (
     LONG_BITS,
@@ -47,6 +48,8 @@ from .video_factory import (
     decodable_frames,
     hidden_frames_webm,
     long_indexed_video,
+    no_sync_table_mp4,
+    raw_stream,
     read_index,
     size_change_video,
     stream_counts,
@@ -78,6 +81,8 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "vfr_mkv": lambda p: vfr_video(p, N),
     "vfr_shared_pts": lambda p: vfr_shared_pts_video(p, N),
     **{name: lambda p, name=name: wild_video(p, name, N) for name in [*WILD_CONTAINERS, *WILD_CODECS]},
+    **{name: lambda p, name=name: raw_stream(p, name, N) for name in ("h264_raw", "h263_raw")},
+    "h264_no_sync_table": lambda p: no_sync_table_mp4(p, N),
 }
 IRREGULAR = ("vp8_hidden", "vfr_mkv", "vfr_shared_pts")
 
@@ -125,14 +130,17 @@ def test_one_reader_stays_exact_over_many_rounds(files: dict[str, Path], name: s
 # vp8_hidden decord returns frames 8 early near the end and torchcodec is wrong on every read.
 # Without a frame table (AVI, FLV, MPEG-TS, MPEG-PS, fragmented MP4) decord and torchcodec landed on other frames
 # on 4 to 60 of 60 reads (torchcodec failed on MPEG-TS and MPEG-PS); decord on 21 of 60 reads of HEVC and 36 of 60
-# of WMV2; OpenCV returned stale images for interlaced frames and lost the last 6 frames of the MPEG-TS file.
+# of WMV2; OpenCV 5.0 returned stale images for interlaced frames (5.1 reads them right), and lost the last 6 frames
+# of the MPEG-TS file after restarting by a seek to frame 0 (it restarts by opening the file anew now: exact).
 # (torchcodec read WMV2 right: its refusal in ASF is a precaution, as ASF carries decoding times only.) With intra
-# refresh (recovery points flagged as keyframes) both were wrong on 5 of 30 reads in MP4 and in Matroska.
+# refresh (recovery points flagged as keyframes) both were wrong on 5 of 30 reads in MP4 and in Matroska. Raw H.263,
+# every packet flagged as a keyframe: torchcodec wrong on 48 of 56 reads (decord cannot open it). MP4 without a
+# sync-sample table: decord wrong on 48 of 56 reads (torchcodec right with FFmpeg 5.1, so not refused).
 EARNED = [("decord", "vfr_shared_pts"), ("torchcodec", "vfr_shared_pts"), ("decord", "vp8_hidden"),
-          ("torchcodec", "vp8_hidden"), ("decord", "hevc_mp4"), ("decord", "wmv2_asf"), ("opencv", "h264_interlaced"),
-          ("opencv", "h264_ts"),
+          ("torchcodec", "vp8_hidden"), ("decord", "hevc_mp4"), ("decord", "wmv2_asf"),
+          *([("opencv", "h264_interlaced")] if "opencv" in available_backends() and opencv_version() < (5, 1) else []),
           ("decord", "mpeg2_ps"), ("torchcodec", "mpeg2_ps"), ("decord", "h264_intra_refresh"),
-          ("torchcodec", "h264_intra_refresh"),
+          ("torchcodec", "h264_intra_refresh"), ("torchcodec", "h263_raw"), ("decord", "h264_no_sync_table"),
           *[(backend, name) for name in WILD_CONTAINERS for backend in ("decord", "torchcodec")]]
 
 
@@ -147,7 +155,8 @@ def test_refusals_are_earned(files: dict[str, Path], backend: str, name: str) ->
     # What the backend believes: a steady progressive H.264 stream in a container with a frame table, one frame per
     # packet.
     disguised = dataclasses.replace(real, variable_frame_rate=False, num_packets=0, num_frames=real.num_packets,
-                                    container=MATROSKA, interlaced=False, codec="h264", false_keyframes=0)
+                                    container=MATROSKA, interlaced=False, codec="h264", false_keyframes=0,
+                                    no_sync_table=False)
     with BACKENDS[backend](str(path), disguised) as reader:
         try:
             wrong, reads = wrong_reads(reader, rounds=3, limit=real.num_frames)
@@ -170,8 +179,11 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
     looked = {name: stream_facts(files[name]) for name in MAKERS}
     with_table = {n for n, f in looked.items() if f.indexes_frames}
     assert with_table == {"h264_bframes", "vp9_webm", "vp8_hidden", "vp9_hidden", "vfr_mkv", "vfr_shared_pts",
-                          "hevc_mp4", "h264_interlaced", "h264_intra_refresh"} | ({"av1_mp4"} & set(MAKERS))
-    assert {n for n, f in looked.items() if f.false_keyframes} == {"h264_intra_refresh"}
+                          "hevc_mp4", "h264_interlaced", "h264_intra_refresh", "h264_no_sync_table"} | (
+                              {"av1_mp4"} & set(MAKERS))
+    assert {n for n, f in looked.items() if f.false_keyframes} == {"h264_intra_refresh", "h263_raw"}
+    assert looked["h263_raw"].keyframe_packets == looked["h263_raw"].num_packets  # the flags the checks saw through
+    assert {n for n, f in looked.items() if f.no_sync_table} == {"h264_no_sync_table"}
     assert {n for n, f in looked.items() if f.intra_only} == {"mjpeg_avi"}
     for fragmented in ("h264_fmp4", "h264_fmp4_hybrid"):  # told apart by the count: none, or the first fragment's
         assert looked[fragmented].container == looked["h264_bframes"].container
@@ -180,7 +192,7 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
     assert {n for n, f in looked.items() if f.interlaced} == {"h264_interlaced"}
     for backend in INDEX_MAPPING_BACKENDS:
         assert BACKENDS[backend].unsuitable_reason(looked["mjpeg_avi"]) is None
-        for name in [*WILD_CONTAINERS, "wmv2_asf", "mpeg2_ps"]:
+        for name in [*WILD_CONTAINERS, "wmv2_asf", "mpeg2_ps", "h264_raw"]:
             assert "frame table" in BACKENDS[backend].unsuitable_reason(looked[name]), (backend, name)
 
 
@@ -205,10 +217,12 @@ def test_auto_serves_irregular_streams_with_an_exact_backend(files: dict[str, Pa
 @pytest.mark.skipif("av1_mp4" not in MAKERS, reason="this PyAV cannot encode AV1")
 @pytest.mark.parametrize("backend", [
     pytest.param(b, marks=pytest.mark.skipif(b not in available_backends(), reason=f"{b} cannot load here"))
-    for b in ("decord", "opencv")])
+    for b in ("decord", "opencv")
+    if b != "opencv" or "opencv" not in available_backends() or opencv_version() < (5, 1)])
 def test_missing_decoders_are_missing(files: dict[str, Path], backend: str) -> None:
-    """decord and OpenCV refuse AV1 by name; forced past the refusal they still cannot decode it (decord fails to
-    open the stream, OpenCV delivers no frame). Should a release gain the decoder, this fails: drop the refusal."""
+    """decord and OpenCV before 5.1 refuse AV1 by name; forced past the refusal they still cannot decode it (decord
+    fails to open the stream, OpenCV delivers no frame). Should a release gain the decoder, this fails: drop the
+    refusal (OpenCV 5.1 did; test_one_reader_stays_exact shows it exact)."""
     path = files["av1_mp4"]
     with pytest.raises(VideoDecodeError, match=f"{backend} cannot decode av1"):
         open_video(path, backend)
@@ -344,7 +358,7 @@ def test_probe_cache_keeps_the_count_and_hands_it_to_readers(files: dict[str, Pa
     _, bad = probe_module.probe_records([VideoRecord(path, "a")], cache, workers=0)
     assert not bad
     stored = json.loads(cache.read_text())
-    assert stored["version"] == probe_module.CACHE_VERSION == 5
+    assert stored["version"] == probe_module.CACHE_VERSION == 6
     result = stored["entries"][path]["result"]
     assert result["num_frames"] == N and result["facts"]["frames_counted"] and result["facts"]["num_packets"] == N + 10
 

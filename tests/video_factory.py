@@ -260,9 +260,11 @@ def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
     return _remux(source, path.with_suffix(".mp4"), {"movflags": flags})
 
 
-def _remux(source: Path, path: Path, options: dict[str, str], format: str = "mp4", shift: int = 0) -> Path:
+def _remux(source: Path, path: Path, options: dict[str, str], format: str = "mp4", shift: int = 0,
+           all_keyframes: bool = False) -> Path:
     """Copy the video stream of ``source`` into ``path`` (``format``) with these muxer options, its timestamps
-    moved by ``shift`` ticks (MPEG-TS keeps 33 bits of them: a shift near 2^33 makes them wrap)."""
+    moved by ``shift`` ticks (MPEG-TS keeps 33 bits of them: a shift near 2^33 makes them wrap), every packet
+    flagged as a keyframe if ``all_keyframes``."""
     options = {"avoid_negative_ts": "make_zero", **options}  # as the ffmpeg tool does: B-frames start below 0
     with av.open(str(source)) as inside, av.open(str(path), "w", format=format, options=options) as outside:
         stream = inside.streams.video[0]
@@ -271,9 +273,28 @@ def _remux(source: Path, path: Path, options: dict[str, str], format: str = "mp4
             if packet.dts is None:  # the demuxer's end-of-stream marker
                 continue
             packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.is_keyframe = packet.is_keyframe or all_keyframes
             packet.stream = copy
             outside.mux(packet)
     return path
+
+
+def no_sync_table_mp4(path: Path, num_frames: int = 120) -> Path:
+    """The `long_indexed_video` H.264 stream (B-frames) muxed with every packet flagged as a keyframe, as careless
+    recorders do: the MP4 track gets no sync-sample table (stss), and by the format every frame is a keyframe."""
+    source = long_indexed_video(path.with_name(path.name + "_source"), "h264_bframes", num_frames)
+    return _remux(source, path.with_suffix(".mp4"), {}, all_keyframes=True)
+
+
+def raw_stream(path: Path, name: str, num_frames: int = 120) -> Path:
+    """A video stream without a container, as cameras write it. "h264_raw": Annex B H.264 with B-frames (a
+    Raspberry Pi's .h264): no timestamps, and FFmpeg cannot seek in it. "h263_raw": 176x144 H.263, whose every
+    packet FFmpeg flags as a keyframe although most are P pictures."""
+    if name == "h264_raw":
+        _, codec, pix_fmt, options = CODECS["h264_bframes"]
+        return write_video(path.with_suffix(".h264"), _indexed_frames(num_frames), codec, pix_fmt, options)
+    frames = np.stack([index_frame(i, 144, 176, LONG_BITS) for i in range(num_frames)])
+    return write_video(path.with_suffix(".h263"), frames, "h263", "yuv420p", {"g": "12", "b": "1M"})
 
 
 def truncated_mp4(path: Path, num_frames: int = 120, keep: float = 0.6) -> Path:

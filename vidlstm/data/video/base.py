@@ -68,8 +68,8 @@ class VideoReader(ABC):
                 return (f"{cls.backend} decodes streams with hidden frames wrongly ({facts.num_packets} packets, "
                         f"{facts.num_frames} frames)")
             if facts.false_keyframes:
-                return (f"{cls.backend} decodes intra-refresh streams wrongly ({facts.false_keyframes} packets "
-                        "flagged as keyframes hold P/B pictures)")
+                return (f"{cls.backend} decodes streams with false keyframe flags wrongly ({facts.false_keyframes} "
+                        "packets flagged as keyframes hold P/B pictures: intra refresh, or every packet flagged)")
             if not (facts.indexes_frames or facts.intra_only):
                 return (f"{cls.backend} decodes {_container_name(facts)} streams with inter-coded frames wrongly (no "
                         "frame table with presentation times to map frame numbers through)")

@@ -26,6 +26,9 @@ class DecordReader(VideoReader):
             return "decord mis-decodes rotated videos (malformed frames)"
         if facts.num_video_streams > 1:
             return "decord cannot choose among several video streams"
+        if facts.no_sync_table and not facts.intra_only:  # measured: wrong on 48 of 56 reads
+            return ("decord decodes MP4 tracks without a sync-sample table wrongly (it takes every frame for a "
+                    f"keyframe; {facts.keyframe_packets} of {facts.num_packets} are)")
         return super().unsuitable_reason(facts)
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None, num_threads: int = 1) -> None:

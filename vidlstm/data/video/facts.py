@@ -9,6 +9,7 @@ of their own (VP8/VP9 alt-ref frames, which decode to no picture), and when the 
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Sequence
@@ -25,19 +26,25 @@ from vidlstm.data.video.timeline import (
     CODECS_HIDING_FRAMES,
     codec_name,
     decode_passing_over_errors,
-    rewind,
+    is_intra,
+    rewound,
     shows_frame,
 )
 
 # File endings read as videos when a folder is searched: the common containers, plus MPEG transport streams
-# (recordings, camcorders' AVCHD .mts/.m2ts, HLS segments), DVD .vob, Ogg .ogv, DV, MXF and the older web and
-# phone formats. Animated GIFs are left out (a folder of thumbnails is not a dataset); name them in `extensions`.
+# (recordings, camcorders' AVCHD .mts/.m2ts, HLS segments), DVD .vob, Ogg .ogv, DV, MXF, the older web and phone
+# formats, and raw H.264/HEVC camera streams (.h264: Raspberry Pi, CCTV exports). Animated GIFs are left out (a
+# folder of thumbnails is not a dataset); name them in `extensions`.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
-                    ".3g2", ".ts", ".mts", ".m2ts", ".m2v", ".vob", ".ogv", ".asf", ".f4v", ".divx", ".dv", ".mxf")
+                    ".3g2", ".ts", ".mts", ".m2ts", ".m2v", ".vob", ".ogv", ".asf", ".f4v", ".divx", ".dv", ".mxf",
+                    ".h264", ".264", ".h265", ".hevc")
 
 MP4_FAMILY, MATROSKA = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"  # FFmpeg's names of these containers
 # Share of the probe's time limit the frame count may take; past it the shown packets are counted instead.
 COUNT_SHARE_OF_TIMEOUT = 0.5
+# Frames decoded to check a stream whose every packet is flagged as a keyframe although its codec can code frames
+# from others (raw H.263 streams are flagged so): one P picture among them shows the flags are false.
+KEYFRAME_CHECK_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -71,13 +78,16 @@ class StreamFacts:
     keyframe_packets: int = 0  # packets flagged as keyframes
     interlaced: bool = False  # the first frame is coded as two fields
     undecodable_packets: int = 0  # packets that failed to decode while counting (a damaged or truncated file)
-    false_keyframes: int = 0  # packets flagged as keyframes that hold a P/B picture (intra-refresh recovery points)
+    # packets flagged as keyframes that hold a P/B picture: intra-refresh recovery points, or (counted among the
+    # first frames) a stream whose every packet is flagged although it is inter-coded (raw H.263, careless muxers)
+    false_keyframes: int = 0
+    no_sync_table: bool = False  # an MP4 track without a sync-sample table (stss): by the format every frame is a key
 
     @property
     def intra_only(self) -> bool:
         """Every packet is a keyframe (MJPEG, ProRes, FFV1, ...): frames decode alone, in the order they are
         stored."""
-        return self.num_packets > 0 and self.keyframe_packets == self.num_packets
+        return self.num_packets > 0 and self.keyframe_packets == self.num_packets and not self.false_keyframes
 
     @property
     def indexes_frames(self) -> bool:
@@ -160,7 +170,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         held = _what_else(path)
         raise VideoDecodeError(path, f"not a readable media file{f': it is {held}' if held else ''} "
                                      f"({_one_line(err)})") from err
-    with container:
+    try:
         videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
         if not videos:
             if container.streams.audio or container.streams.video:  # the video streams left are cover art
@@ -186,7 +196,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             rotation = declared_rotation(path, container.format.name, stream) or 0
         # Demux only: the packets really there (a truncated file has fewer than its header promises), the ones
         # that show a picture, and their timestamps.
-        rewind(container, stream)
+        container, stream = rewound(container, stream)
         packets, keyframes, false_keyframes, shown_pts, shown = 0, 0, 0, [], 0
         length_size = nal_length_size(codec, stream.codec_context.extradata)
         for packet in container.demux(stream):
@@ -200,11 +210,15 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
                 shown += 1
                 if packet.pts is not None:
                     shown_pts.append(int(packet.pts))
+        if keyframes == packets > 1 and not stream.codec_context.codec.intra_only:
+            container, stream = rewound(container, stream)
+            false_keyframes = max(false_keyframes, _inter_pictures(container, stream))
         time_base = stream.time_base or Fraction(1, 1000)
         variable = uneven(shown_pts, time_base)
         num_frames = min(header_frames, shown) if header_frames > 0 else shown
         counted, undecodable = False, 0
         if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES:
+            container, stream = rewound(container, stream)
             found = _count_decoded(container, stream, count_budget_s)
             if found is not None:
                 num_frames, frame_pts, undecodable = found
@@ -214,10 +228,34 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             raise VideoDecodeError(path, "video stream has no decodable frames")
         if num_frames == 1 and (kind := _image_format(container.format.name) or _still_image_brand(path)):
             raise VideoDecodeError(path, f"a still image ({kind}), not a video")
+        # an MP4 whose sample table lists every packet (not fragmented) but no sync samples
+        no_sync_table = (container.format.name == MP4_FAMILY and 0 < packets <= header_frames
+                         and not _has_sync_table(path, stream))
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
                            container.format.name, header_frames, keyframes, interlaced, undecodable,
-                           false_keyframes)
+                           false_keyframes, no_sync_table)
+    finally:
+        container.close()
+
+
+def _inter_pictures(container: Any, stream: Any, limit: int = KEYFRAME_CHECK_FRAMES) -> int:
+    """How many of the first ``limit`` frames are P/B pictures. Checked where every packet is flagged as a keyframe
+    but the codec can code frames from others: readers that seek to flagged packets would start from P pictures."""
+    frames = itertools.islice(decode_passing_over_errors(container, stream), limit)
+    return sum(not (frame.key_frame or is_intra(frame)) for frame in frames)
+
+
+def _has_sync_table(path: str, stream: Any) -> bool:
+    """Whether the MP4 track of ``stream`` lists its sync samples (an stss box; True when it cannot be told)."""
+    from vidlstm.data.video.pyav import mp4_track_boxes  # here: pyav imports this module
+
+    try:
+        with open(path, "rb") as f:
+            tracks = mp4_track_boxes(f, os.fstat(f.fileno()).st_size, (b"mdia", b"minf", b"stbl"))
+    except OSError:
+        return True
+    return stream.index >= len(tracks) or b"stss" in tracks[stream.index]
 
 
 # What a file FFmpeg cannot open holds instead, told by its first bytes: datasets gathered from the web keep error
@@ -296,7 +334,6 @@ def _count_decoded(container: Any, stream: Any, budget_s: float | None) -> tuple
     colour conversion, or None when that takes longer than ``budget_s``. A packet that fails to decode yields no
     frame and is passed over, as the PyAV reader passes over it (`timeline.decode_passing_over_errors`)."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
-    rewind(container, stream)
     count, pts, failures = 0, [], []
     for frame in decode_passing_over_errors(container, stream, failures):
         if deadline is not None and time.monotonic() > deadline:

@@ -3,6 +3,7 @@ against the stream's timestamps; reads forward from the start where seeking is n
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -15,6 +16,17 @@ from vidlstm.data.video.facts import StreamFacts
 
 # OpenCV's seek (CAP_PROP_POS_FRAMES) restarts decoding at the keyframe before the target minus this many frames.
 _OPENCV_SEEK_MARGIN = 16
+# The first OpenCV measured right (tests/test_video_exact.py) on interlaced H.264 (5.0.0 returned stale images) and
+# on AV1 (5.0.0 delivered no frame: no software decoder in the FFmpeg it bundles)
+_CONVERTS_INTERLACED = _DECODES_AV1 = (5, 1)
+
+
+@functools.cache
+def opencv_version() -> tuple[int, ...]:
+    """OpenCV's (major, minor, patch), e.g. (5, 1, 0)."""
+    import cv2
+
+    return tuple(int(part) for part in cv2.__version__.split(".")[:3] if part.isdigit())
 
 
 class _Mismatch(Exception):
@@ -32,7 +44,6 @@ class OpenCVReader(VideoReader):
     timestamps are read forward from the start (or from the last frame read, when the request lies ahead).
     """
 
-    MISSING_DECODERS = frozenset({"av1"})  # opencv-python 5.0: its FFmpeg decodes AV1 only on hardware, no frame here
 
     backend = "opencv"
     applies_rotation = True
@@ -41,14 +52,15 @@ class OpenCVReader(VideoReader):
     def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
         if facts.num_video_streams > 1:
             return "OpenCV cannot choose among several video streams"
-        if facts.interlaced:  # its bundled swscale refuses the conversion and hands back a stale buffer
-            return "OpenCV decodes interlaced video wrongly (cannot convert interlaced frames; returns stale images)"
+        if facts.codec == "av1" and opencv_version() < _DECODES_AV1:  # its FFmpeg decodes AV1 on hardware only
+            return (f"opencv {'.'.join(map(str, opencv_version()))} cannot decode av1 (the FFmpeg it bundles has no "
+                    "decoder for it; 5.1 has one)")
+        if facts.interlaced and opencv_version() < _CONVERTS_INTERLACED:
+            return (f"OpenCV {'.'.join(map(str, opencv_version()))} decodes interlaced video wrongly (its swscale "
+                    "refuses interlaced frames and it returns stale images; 5.1 reads them right)")
         if facts.undecodable_packets:
             return (f"OpenCV decodes damaged streams wrongly ({facts.undecodable_packets} packets fail to decode; "
                     "it loses the frames its decoder threads hold at each)")
-        if facts.container == "mpegts" and not facts.intra_only:
-            return ("OpenCV decodes MPEG-TS streams wrongly (the frames held back for reordering at the end never "
-                    "come out)")
         return super().unsuitable_reason(facts)
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
@@ -141,9 +153,21 @@ class OpenCVReader(VideoReader):
             back = max(1, 2 * back)
 
     def _seek(self, index: int) -> None:
+        if index == 0:
+            self._restart()
+            return
         self._cap.set(self._cv2.CAP_PROP_POS_FRAMES, index)
-        self._next, self._trusted = index, index == 0  # a restart at frame 0 is exact; other seeks are checked
-        self.seeks += index > 0
+        self._next, self._trusted = index, False  # checked against the timeline by the frames that follow
+        self.seeks += 1
+
+    def _restart(self) -> None:
+        """Back to frame 0 by opening the file anew: exact everywhere, where a seek to frame 0 is not (files
+        without an index, raw streams and Matroska written through a pipe, left the capture at their end)."""
+        self._cap.release()
+        self._cap = self._cv2.VideoCapture(self.path, self._cv2.CAP_FFMPEG)
+        if not self._cap.isOpened():
+            raise VideoDecodeError(self.path, "OpenCV could not open the file again")
+        self._next, self._trusted = 0, True
 
     def _check(self, index: int, timeline: tl.Timeline) -> None:
         """Compare the grabbed frame's timestamp with frame ``index``'s: a match vouches for the position, a
@@ -169,13 +193,11 @@ class OpenCVReader(VideoReader):
     def _read_forward(self, indices: list[int]) -> list[np.ndarray]:
         """Frames at ``indices`` by counting grabs, from the start or from the current frame when it lies before
         the first wanted one (never trusting a seek)."""
-        cap, cv2 = self._cap, self._cv2
         if self._next is None or not self._trusted or self._next > indices[0]:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            self._next, self._trusted = 0, True
+            self._restart()
         wanted, out = set(indices), []
         while self._next <= indices[-1]:
-            if not cap.grab():
+            if not self._cap.grab():
                 raise VideoDecodeError(self.path, f"OpenCV ran out of frames at {self._next}; "
                                                   f"frame {indices[-1]} was requested")
             self.decoded_frames += 1

@@ -24,15 +24,6 @@ if TYPE_CHECKING:
 _STEP_BACKS = 2  # seeks to an earlier keyframe after landing past the wanted frame, before starting from frame 0
 
 
-def _intra(frame: VideoFrame) -> bool:
-    """Whether ``frame`` is an I picture (PyAV gives the picture type as an int or an enum item)."""
-    kind = frame.pict_type
-    try:
-        return int(kind) == 1  # AV_PICTURE_TYPE_I
-    except (TypeError, ValueError):
-        return str(getattr(kind, "name", kind)) == "I"
-
-
 class _Mismatch(Exception):
     """The timeline in use does not describe what the decoder delivers; the read is redone with a better one."""
 
@@ -91,7 +82,7 @@ class PyAVReader(VideoReader):
         if self._size is not None:
             return
         self._frames = None
-        tl.rewind(self._container, self._stream)
+        self._container, self._stream = tl.rewound(self._container, self._stream)
         for frame in tl.decode_passing_over_errors(self._container, self._stream):
             self._size = (frame.height, frame.width)
             return
@@ -178,7 +169,7 @@ class PyAVReader(VideoReader):
             if self._last_pts is None:  # first frames after a seek
                 if pts < int(timeline.pts[self._sought]) or frame.is_corrupt:
                     continue  # leading frames of an open GOP: their references precede the keyframe
-                if not (frame.key_frame or _intra(frame)):
+                if not (frame.key_frame or tl.is_intra(frame)):
                     raise _Mismatch(f"a seek to frame {self._sought} started on a frame that is not a keyframe")
                 if pts > target:  # the demuxer landed past the wanted frame: start from an earlier keyframe
                     if self._sought == 0:
@@ -198,7 +189,7 @@ class PyAVReader(VideoReader):
     def _decode_counting(self, indices: list[int]) -> list[np.ndarray]:
         """Frames at ``indices`` by counting decoded frames from the start (for streams without usable pts)."""
         wanted, last, out, position = set(indices), indices[-1], [], -1
-        tl.rewind(self._container, self._stream)
+        self._container, self._stream = tl.rewound(self._container, self._stream)
         self.seeks += 1
         for position, frame in enumerate(tl.decode_passing_over_errors(self._container, self._stream)):
             self.decoded_frames += 1
@@ -311,25 +302,45 @@ def _mp4_boxes(f: BinaryIO, start: int, end: int) -> Iterator[tuple[bytes, int, 
         at += size
 
 
-def _mp4_track_matrices(f: BinaryIO, file_size: int) -> list[tuple[int, int, int, int] | None]:
-    """The (a, b, c, d) of each track header matrix in track order (FFmpeg's stream order), None for a track
-    without a readable header; empty when there is no moov box."""
+def mp4_track_boxes(f: BinaryIO, file_size: int, path: tuple[bytes, ...] = ()
+                    ) -> list[dict[bytes, tuple[int, int]]]:
+    """For each track in track order (FFmpeg's stream order): {type: (payload start, end)} of the boxes inside
+    the box that ``path`` leads to from the track (e.g. (b"mdia", b"minf", b"stbl") for the sample tables; the
+    first box of each type); empty when there is no moov box."""
     moov = next(((s, e) for kind, s, e in _mp4_boxes(f, 0, file_size) if kind == b"moov"), None)
     if moov is None:
         return []
-    tracks: list[tuple[int, int, int, int] | None] = []
+    tracks = []
     for kind, start, end in _mp4_boxes(f, *moov):
         if kind != b"trak":
             continue
-        matrix = None
-        for child, child_start, child_end in _mp4_boxes(f, start, end):
-            if child == b"tkhd":
-                f.seek(child_start)
-                body = f.read(min(child_end - child_start, 96))
-                at = 4 + (32 if body[:1] == b"\x01" else 20) + 16  # version+flags, times+ids, layer..volume
-                if len(body) >= at + 20:
-                    a, b, _, c, d = struct.unpack(">5i", body[at: at + 20])
-                    matrix = (a, b, c, d)
-                break
-        tracks.append(matrix)
+        children: dict[bytes, tuple[int, int]] = {}
+        for step in (None, *path):
+            if step is not None:
+                if step not in children:
+                    children = {}
+                    break
+                start, end = children[step]
+            children = {}
+            for child, child_start, child_end in _mp4_boxes(f, start, end):
+                children.setdefault(child, (child_start, child_end))
+        tracks.append(children)
     return tracks
+
+
+def _mp4_track_matrices(f: BinaryIO, file_size: int) -> list[tuple[int, int, int, int] | None]:
+    """The (a, b, c, d) of each track header matrix in track order (FFmpeg's stream order), None for a track
+    without a readable header; empty when there is no moov box."""
+    matrices: list[tuple[int, int, int, int] | None] = []
+    for boxes in mp4_track_boxes(f, file_size):
+        matrix = None
+        if b"tkhd" in boxes:
+            child_start, child_end = boxes[b"tkhd"]
+            f.seek(child_start)
+            body = f.read(min(child_end - child_start, 96))
+            at = 4 + (32 if body[:1] == b"\x01" else 20) + 16  # version+flags, times+ids, layer..volume
+            if len(body) >= at + 20:
+                a, b, _, c, d = struct.unpack(">5i", body[at: at + 20])
+                matrix = (a, b, c, d)
+        matrices.append(matrix)
+    return matrices

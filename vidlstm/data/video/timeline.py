@@ -124,6 +124,15 @@ def codec_name(stream: VideoStream) -> str:
     return stream.codec_context.codec.canonical_name
 
 
+def is_intra(frame: VideoFrame) -> bool:
+    """Whether ``frame`` is an I picture (PyAV gives the picture type as an int or an enum item)."""
+    kind = frame.pict_type
+    try:
+        return int(kind) == 1  # AV_PICTURE_TYPE_I
+    except (TypeError, ValueError):
+        return str(getattr(kind, "name", kind)) == "I"
+
+
 def rewind(container: InputContainer, stream: VideoStream) -> None:
     """Put ``container`` back at the first packet of ``stream``. A seek to 0 does it where timestamps start at or
     after 0; where they start below (MPEG-TS whose timestamps wrap past 2^33 mid-file: FFmpeg makes the ones
@@ -141,6 +150,36 @@ def rewind(container: InputContainer, stream: VideoStream) -> None:
         container.seek(start, stream=stream)
 
 
+def rewound(container: InputContainer, stream: VideoStream) -> tuple[InputContainer, VideoStream]:
+    """``container`` put back at the first packet of ``stream`` (`rewind`); where the container cannot seek at all
+    (raw H.264, HEVC and MPEG-4 streams: FFmpeg keeps no index for them) the file opened anew, the old container
+    closed. Returns the (container, stream) to read on."""
+    import av
+
+    try:
+        rewind(container, stream)
+        return container, stream
+    except av.error.PermissionError:  # AVERROR(EPERM): FFmpeg's "no way to seek in this file"
+        pass
+    name, index, threads = container.name, stream.index, stream.thread_type
+    container.close()
+    container = av.open(name)
+    stream = container.streams[index]
+    stream.thread_type = threads
+    return container, stream
+
+
+def _unseekable(container: InputContainer, stream: VideoStream) -> str | None:
+    """`rewind` ``container``; a reason to count frames from the start instead of seeking when it cannot seek."""
+    import av
+
+    try:
+        rewind(container, stream)
+    except av.error.PermissionError:
+        return "the container cannot seek (a raw stream without an index)"
+    return None
+
+
 def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
     """Demux ``stream`` once (no decoding) and tabulate its frames, or say why its packets cannot be trusted.
     Leaves the container positioned at its end: seek before decoding."""
@@ -149,7 +188,8 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
     length_size = nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
     keys: list[int] = []
-    rewind(container, stream)
+    if reason := _unseekable(container, stream):
+        return reason
     for packet in container.demux(stream):
         if not packet.size or packet.is_discard:
             continue
@@ -198,7 +238,8 @@ def decoded_timeline(container: InputContainer, stream: VideoStream) -> Timeline
     which are keyframes), or say why they cannot be told apart by timestamp."""
     pts: list[int] = []
     keys: list[int] = []
-    rewind(container, stream)
+    if reason := _unseekable(container, stream):
+        return reason
     for frame in decode_passing_over_errors(container, stream):
         if frame.pts is None:
             return "decoded frames carry no timestamp"
