@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
+import os
+import signal
+import time
 import zipfile
 from pathlib import Path
 
@@ -227,3 +231,37 @@ def test_native_decoders_return_the_same_frames_through_the_deadline_thread(inde
             assert [_read_index(f) for f in reader.get_frames([7, 2, 7])] == [7, 2, 7]
     with pytest.raises(ZeroDivisionError):  # errors raised in the thread reach the caller unchanged
         call_with_deadline(lambda: 1 / 0, 5, indexed_mp4, "dividing")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_closed_pyav_reader_left_in_a_reference_cycle_does_not_crash_a_forked_worker(tmp_path: Path) -> None:
+    """A closed reader that only a garbage collection frees (caught in a cycle, as an exception's traceback
+    catches it) used to keep its decoder; a DataLoader worker forked meanwhile freed it at its first collection
+    without the decoder's threads and died of a segmentation fault (a prediction run on non-UTF-8 file names)."""
+    path = tmp_path / "v.mp4"
+    write_mp4(path, np.zeros((24, 64, 64, 3), np.uint8), fps=8)
+    gc.disable()  # the cycle must survive until the fork, as it does between two collections
+    try:
+        reader = open_video(path, "pyav")
+        reader.get_frames([3, 20])  # the decoder runs (with frame threads where there are cores)
+        reader.close()
+        reader.cycle = reader
+        del reader
+        pid = os.fork()
+        if pid == 0:  # the worker: its first collection frees the inherited reader
+            gc.collect()
+            os._exit(0)
+        status = None
+        for _ in range(600):  # 30 s: freeing the decoder there may also hang (joining threads that do not exist)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked process hung freeing the reader")
+    finally:
+        gc.enable()
+        gc.collect()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the forked process died: status {status}"

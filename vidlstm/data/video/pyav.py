@@ -205,7 +205,13 @@ class PyAVReader(VideoReader):
 
     def close(self) -> None:
         self._frames = None
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
+        # Let go of the decoder now, not when a garbage collection finds this reader: a reader caught in a reference
+        # cycle (an exception's traceback) kept its decoder alive, a DataLoader worker forked meanwhile inherited
+        # it without the decoder's threads, and freeing it there (avcodec_free_context joins them) crashed the
+        # worker with a segmentation fault.
+        self._container = self._stream = None
 
 
 # ---- display rotation -------------------------------------------------------------------------------------------
