@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
@@ -150,3 +151,15 @@ def test_batches_from_worker_processes_equal_batches_made_in_process(tiny_demo, 
 
     CountingPickler(io.BytesIO()).dump(expected[0])
     assert tensors == [expected[0].clips.shape]
+
+
+def test_bad_videos_csv_keeps_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """The row names the very bytes on disk (strict UTF-8 could not write it), and the report reads it back."""
+    from vidlstm.common.report import _bad_videos_csv
+    from vidlstm.data.probe import append_bad_videos
+
+    name = os.fsdecode(b"/data/caf\xe9.mp4")
+    report = tmp_path / "bad_videos.csv"
+    append_bad_videos(report, {name: "moov atom not found"}, "train", 0)
+    assert b"/data/caf\xe9.mp4,moov atom not found,train,0" in report.read_bytes()
+    assert [row["path"] for row in _bad_videos_csv(report)] == [name]

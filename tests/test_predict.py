@@ -72,6 +72,49 @@ def test_jsonl_output_and_list_file_input(predictor: Predictor, tmp_path: Path) 
     assert rows[0]["topk_labels"] == ["bright", "dark"] and rows[1]["error"] == "no such file"
 
 
+# File names that are not UTF-8 (Latin-1 "café", stray bytes): Linux allows them, old datasets hold them.
+ODD_NAMES = [b"caf\xe9.mp4", b"\xff\xfe clip.mp4"]
+
+
+def _odd_folder(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    paths = []
+    for i, name in enumerate(ODD_NAMES):
+        path = os.path.join(os.fsencode(folder), name)
+        try:
+            write_mp4(Path(os.fsdecode(path)), _clip(215 if i else 40, 10, i), fps=8)
+        except (OSError, UnicodeError):  # a file system that accepts UTF-8 names only (macOS)
+            pytest.skip("this file system refuses names that are not UTF-8")
+        paths.append(os.fsdecode(path))
+    return paths
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_file_names_that_are_not_utf8_are_predicted_and_named_exactly(predictor: Predictor, tmp_path: Path,
+                                                                      suffix: str) -> None:
+    """One such name stopped a whole run at its CSV row (strict UTF-8). Rows name the very bytes on disk, a rerun
+    finds them done, and a list file naming them (as `ls > list.txt` writes it) reads them back."""
+    paths = _odd_folder(tmp_path)
+    out = tmp_path / f"out{suffix}"
+    stats = predict_folder(predictor, tmp_path / "odd", out, num_workers=2)
+    assert (stats["ok"], stats["error"]) == (2, 0)
+    text = out.read_bytes().decode("utf-8", "surrogateescape")
+    rows = ([json.loads(line) for line in text.splitlines()] if suffix == ".jsonl"
+            else list(csv.DictReader(text.splitlines())))
+    by_path = {r["path"]: r for r in rows}
+    assert set(by_path) == set(paths)
+    assert [by_path[p]["label"] for p in paths] == ["dark", "bright"]
+    if suffix == ".csv":  # the bytes of the names themselves, not an escape of them
+        assert all(os.fsencode(p) in out.read_bytes() for p in paths)
+    again = predict_folder(predictor, tmp_path / "odd", out, num_workers=0)
+    assert (again["ok"], again["skipped"]) == (0, 2)
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(b"".join(os.fsencode(p) + b"\n" for p in paths))
+    predict_folder(predictor, listed, tmp_path / f"from_list{suffix}", num_workers=0)
+    assert (tmp_path / f"from_list{suffix}").read_bytes().count(b"\n") == 2 + (suffix == ".csv")
+
+
 def test_window_mode_labels_each_half_of_a_long_video(predictor: Predictor, tmp_path: Path) -> None:
     frames = np.concatenate([_clip(40, 48, 4), _clip(215, 48, 5)])  # 6 s dark, then 6 s bright at 8 fps
     write_mp4(tmp_path / "long.mp4", frames, fps=8)

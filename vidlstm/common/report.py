@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vidlstm.common import plots
+from vidlstm.utils.textfiles import open_paths
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def config_yaml(cfg: Any) -> str:
 
 
 def write_page(page: RunPage, out_html: str | Path) -> Path:
-    Path(out_html).write_text(render(page), encoding="utf-8")
+    Path(out_html).write_text(render(page), encoding="utf-8", errors="backslashreplace")  # undecodable names shown
     return Path(out_html)
 
 
@@ -197,7 +198,7 @@ def _plots(output_dir: Path, confusion: np.ndarray | None, names: list[str]) -> 
 def _bad_videos_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
+    with open_paths(path) as f:
         return [{"path": r["path"], "reason": r["reason"],
                  "where": f"{r['stage']}" + (f" epoch {r['epoch']}" if r.get("epoch") else "")}
                 for r in csv.DictReader(f)]
@@ -341,5 +342,5 @@ def write_timeline(segments_jsonl: str | Path, out_html: str | Path) -> Path:
     body = (f"<p>{len(videos)} videos, {sum(map(len, videos.values()))} segments. Legend: {legend}</p>"
             + (rows or "<p>No segments.</p>"))
     Path(out_html).write_text(PAGE.format(csp=CSP, title=escape(f"Segments: {Path(segments_jsonl).name}"),
-                                          body=body), encoding="utf-8")
+                                          body=body), encoding="utf-8", errors="backslashreplace")
     return Path(out_html)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
+from vidlstm.utils.textfiles import PATH_TEXT, open_paths
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def _read_lines(path: Path, what: str, comments: bool = True) -> list[tuple[int,
     """Numbered non-blank lines, stripped; with ``comments``, lines starting with '#' are skipped."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(**PATH_TEXT).splitlines()
     return [(n, line.strip()) for n, line in enumerate(lines, 1)
             if line.strip() and not (comments and line.startswith("#"))]
 
@@ -301,7 +302,7 @@ class ListFileSource:
     def _csv_records(self) -> list[VideoRecord]:
         if not self.list_file.is_file():
             raise FileNotFoundError(f"{self.list_file}: video list not found")
-        with open(self.list_file, newline="") as f:
+        with open_paths(self.list_file) as f:
             reader = csv.DictReader(f)
             missing = {"path", "label"} - set(reader.fieldnames or [])
             if missing:

@@ -17,6 +17,7 @@ from vidlstm.data.video import DEFAULT_TIMEOUT_S, StreamFacts, VideoDecodeError,
 from vidlstm.data.video.deadlines import abandoned_threads
 from vidlstm.utils.pool import Lost, imap_killable
 from vidlstm.utils.progress import progress
+from vidlstm.utils.textfiles import open_paths
 
 CACHE_VERSION = 6  # 2: frame counts are frames that decode; the stream facts are kept with each result.
 # 3: the facts name the container and whether it has a frame table (which backends may serve a file)
@@ -125,7 +126,7 @@ def append_bad_videos(report: str | os.PathLike, rows: dict[str, str], stage: st
     report = Path(report)
     report.parent.mkdir(parents=True, exist_ok=True)
     fresh = not report.exists()
-    with open(report, "a", newline="") as f:
+    with open_paths(report, "a") as f:
         writer = csv.writer(f)
         if fresh:
             writer.writerow(["path", "reason", "stage", "epoch"])

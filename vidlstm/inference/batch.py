@@ -27,6 +27,7 @@ from vidlstm.data.video import VIDEO_EXTENSIONS, VideoDecodeError
 from vidlstm.inference.predictor import PREDICTION_FIELDS, WINDOW_FIELDS, Predictor, windows
 from vidlstm.inference.segments import segments_of
 from vidlstm.utils.progress import progress
+from vidlstm.utils.textfiles import decode_paths, open_paths
 
 log = logging.getLogger(__name__)
 LIST_SUFFIXES = (".txt", ".csv", ".lst")
@@ -62,7 +63,7 @@ def _list_file_paths(list_file: Path) -> list[str]:
     skipped). Relative paths resolve against the list file's folder."""
     root = list_file.parent
     if list_file.suffix.lower() == ".csv":
-        with open(list_file, newline="") as handle:
+        with open_paths(list_file) as handle:
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
         header = [cell.strip() for cell in rows[0]] if rows else []
         column = header.index("path") if "path" in header else 0
@@ -145,7 +146,7 @@ class PredictionWriter:
         self.segment_settings: dict[str, Any] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done = self._recover()
-        self.handle = open(self.path, "a", newline="")  # noqa: SIM115 - kept open across videos, closed by close()
+        self.handle = open_paths(self.path, "a")  # kept open across videos, closed by close()
         self.csv = csv.DictWriter(self.handle, fieldnames=self.fields) if self.format == "csv" else None
         if self.csv is not None and self.handle.tell() == 0:
             self.csv.writeheader()
@@ -157,7 +158,7 @@ class PredictionWriter:
         if not data.endswith(b"\n"):  # killed mid-line: keep only complete rows
             data = data[: data.rfind(b"\n") + 1]
             self.path.write_bytes(data)
-        lines = data.decode().splitlines()
+        lines = decode_paths(data).splitlines()
         if self.format == "jsonl":
             return {json.loads(line)["path"] for line in lines if line.strip()}
         return {row["path"] for row in csv.DictReader(lines)}

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidlstm.inference.batch import PredictionWriter, Unit, gather_inputs, video_unit
 from vidlstm.inference.predictor import Predictor
+from vidlstm.utils.textfiles import open_paths
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def merge_shards(output: Path, shards: Sequence[Path]) -> None:
 
 
 def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
-    with open(path, newline="") as handle:
+    with open_paths(path) as handle:
         if fmt == "jsonl":
             return [json.loads(line) for line in handle if line.strip()]
         return list(csv.DictReader(handle))

@@ -48,6 +48,9 @@ class VideoReader(ABC):
     applies_rotation: ClassVar[bool] = False
     # Decodes a batch in one native call (GIL released): limited by `call_with_deadline`, not by a signal.
     native: ClassVar[bool] = False
+    # Opens file names that are not UTF-8 (bytes from Latin-1 systems, which Python hands over as lone surrogates):
+    # only PyAV does; torchcodec and decord refuse the string, OpenCV crashes the process (segmentation fault).
+    opens_any_name: ClassVar[bool] = False
     # Codecs this backend decodes wrongly (measured by tests/test_video_backends.py): `auto` skips it there.
     UNRELIABLE_CODECS: ClassVar[frozenset[str]] = frozenset()
     # Codecs the FFmpeg this backend bundles has no decoder for (tests/test_video_exact.py shows each still fails).
@@ -79,6 +82,8 @@ class VideoReader(ABC):
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
         self.path = str(path)
+        if not self.opens_any_name and not _utf8(self.path):
+            raise VideoDecodeError(self.path, f"{self.backend} cannot open a file whose name is not UTF-8 (PyAV can)")
         self.facts = facts or stream_facts(path)
         reason = self.unsuitable_reason(self.facts)
         if reason:
@@ -162,6 +167,14 @@ _CONTAINER_NAMES = {MP4_FAMILY: "fragmented MP4", "mpegts": "MPEG-TS", "mpeg": "
 
 def _container_name(facts: StreamFacts) -> str:
     return _CONTAINER_NAMES.get(facts.container) or facts.container.split(",")[0].upper() or "unknown-container"
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _from_hwc(frames: np.ndarray) -> torch.Tensor:

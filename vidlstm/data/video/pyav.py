@@ -38,6 +38,7 @@ class PyAVReader(VideoReader):
     """
 
     backend = "pyav"
+    opens_any_name = True
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None) -> None:
         super().__init__(path, facts)
