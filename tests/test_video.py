@@ -235,16 +235,17 @@ def test_native_decoders_return_the_same_frames_through_the_deadline_thread(inde
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_closed_pyav_reader_left_in_a_reference_cycle_does_not_crash_a_forked_worker(tmp_path: Path) -> None:
-    """A closed reader that only a garbage collection frees (caught in a cycle, as an exception's traceback
-    catches it) used to keep its decoder; a DataLoader worker forked meanwhile freed it at its first collection
-    without the decoder's threads and died of a segmentation fault (a prediction run on non-UTF-8 file names)."""
+    """A reader that only a garbage collection frees (caught in a cycle, as an exception's traceback catches it)
+    keeps its decoder; a DataLoader worker forked meanwhile freed it at its first collection without the decoder's
+    threads and died of a segmentation fault (a prediction run on non-UTF-8 file names) or hung. A closed reader
+    now lets go of its decoder, and a forked child leaves what it inherits out of its collections: here the
+    reader is left open, as garbage from anywhere in the parent may be."""
     path = tmp_path / "v.mp4"
     write_mp4(path, np.zeros((24, 64, 64, 3), np.uint8), fps=8)
     gc.disable()  # the cycle must survive until the fork, as it does between two collections
     try:
         reader = open_video(path, "pyav")
         reader.get_frames([3, 20])  # the decoder runs (with frame threads where there are cores)
-        reader.close()
         reader.cycle = reader
         del reader
         pid = os.fork()

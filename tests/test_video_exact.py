@@ -453,3 +453,15 @@ def test_a_stream_that_changes_size_comes_out_at_its_first_size(tmp_path: Path, 
     with open_video(path) as reader:
         wrong, reads = wrong_reads(reader, rounds=5)
     assert not wrong, f"auto ({reader.backend}): {len(wrong)} of {reads} reads wrong"
+
+
+def test_raw_h264_is_read_by_counting_and_goes_on_from_the_last_read(files: dict[str, Path]) -> None:
+    """FFmpeg cannot seek in a raw H.264 stream (the probe used to fail on it with 'Operation not permitted'):
+    PyAV counts frames from the start, and a later read goes on from where the last one stopped."""
+    with open_video(files["h264_raw"], "pyav") as reader:
+        assert reader.timeline is None
+        assert [read_index(f, LONG_BITS) for f in reader.get_frames([10, 12])] == [10, 12]
+        assert [read_index(f, LONG_BITS) for f in reader.get_frames([50])] == [50]
+        assert (reader.decoded_frames, reader.seeks) == (51, 1)
+        assert [read_index(f, LONG_BITS) for f in reader.get_frames([5])] == [5]  # behind: from the start again
+        assert (reader.decoded_frames, reader.seeks) == (57, 2)

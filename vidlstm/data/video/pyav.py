@@ -3,6 +3,7 @@ forward, telling frames apart by presentation timestamp; and the display-rotatio
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import struct
@@ -20,6 +21,13 @@ from vidlstm.data.video.facts import StreamFacts
 if TYPE_CHECKING:
     from av import VideoFrame
     from av.video.stream import VideoStream
+
+# A forked child (a DataLoader worker, a probe pool process) never frees the objects it inherits: a decoder the
+# parent had not freed yet (garbage in a reference cycle, waiting for a collection) has no threads in the child,
+# and freeing it there (avcodec_free_context joins them) hung or crashed the child. Freezing leaves the inherited
+# objects out of the child's collections (and their memory pages shared); what the child makes is collected.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=gc.freeze)
 
 _STEP_BACKS = 2  # seeks to an earlier keyframe after landing past the wanted frame, before starting from frame 0
 
@@ -65,6 +73,10 @@ class PyAVReader(VideoReader):
         self._key = tl.cache_key(self.path, self.facts.stream_index)
         self._timeline: tl.Timeline | str | None = None  # None: not read yet; str: why frames are counted instead
         self._frames: Iterator[VideoFrame] | None = None  # decoder output since the last seek
+        # Where frames are counted: the decoder output since the rewind, and how many frames it has given (valid
+        # while it is still `_frames`: anything that moves the container replaces or clears that)
+        self._counting: Iterator[VideoFrame] | None = None
+        self._counted = 0
         self._last_pts: int | None = None  # pts of the last frame taken from `_frames` (None: none since the seek)
         self._sought = 0  # keyframe index of the last seek
 
@@ -188,20 +200,24 @@ class PyAVReader(VideoReader):
                 raise _Mismatch(f"frame {index} (pts {target}) is not among the decoded frames (got pts {pts})")
 
     def _decode_counting(self, indices: list[int]) -> list[np.ndarray]:
-        """Frames at ``indices`` by counting decoded frames from the start (for streams without usable pts)."""
-        wanted, last, out, position = set(indices), indices[-1], [], -1
-        self._container, self._stream = tl.rewound(self._container, self._stream)
-        self.seeks += 1
-        for position, frame in enumerate(tl.decode_passing_over_errors(self._container, self._stream)):
+        """Frames at ``indices`` by counting decoded frames from the start (for streams without usable pts, or in
+        which FFmpeg cannot seek), going on from the last read when it ended before the first wanted frame."""
+        if self._frames is None or self._frames is not self._counting or self._counted > indices[0]:
+            self._container, self._stream = tl.rewound(self._container, self._stream)
+            self._frames = self._counting = tl.decode_passing_over_errors(self._container, self._stream)
+            self._counted = 0
+            self.seeks += 1
+        wanted, last, out = set(indices), indices[-1], []
+        while self._counted <= last:
+            frame = next(self._frames, None)
+            if frame is None:
+                self._frames = None
+                raise VideoDecodeError(self.path, f"stream ended after {self._counted} decoded frames; frame "
+                                                  f"{last} was requested (the header promised {self.num_frames})")
             self.decoded_frames += 1
-            if position in wanted:
+            self._counted += 1
+            if self._counted - 1 in wanted:
                 out.append(self._rgb(frame))
-            if position >= last:
-                break
-        self._frames = None
-        if len(out) != len(indices):
-            raise VideoDecodeError(self.path, f"stream ended after {position + 1} decoded frames; "
-                                              f"frame {last} was requested (the header promised {self.num_frames})")
         return out
 
     def close(self) -> None:
