@@ -52,12 +52,12 @@ class OpenCVReader(VideoReader):
     def unsuitable_reason(cls, facts: StreamFacts) -> str | None:
         if facts.num_video_streams > 1:
             return "OpenCV cannot choose among several video streams"
+        release = ".".join(map(str, opencv_version()))
         if facts.codec == "av1" and opencv_version() < _DECODES_AV1:  # its FFmpeg decodes AV1 on hardware only
-            return (f"opencv {'.'.join(map(str, opencv_version()))} cannot decode av1 (the FFmpeg it bundles has no "
-                    "decoder for it; 5.1 has one)")
+            return f"opencv {release} cannot decode av1 (the FFmpeg it bundles has no decoder for it; 5.1 has one)"
         if facts.interlaced and opencv_version() < _CONVERTS_INTERLACED:
-            return (f"OpenCV {'.'.join(map(str, opencv_version()))} decodes interlaced video wrongly (its swscale "
-                    "refuses interlaced frames and it returns stale images; 5.1 reads them right)")
+            return (f"OpenCV {release} decodes interlaced video wrongly (its swscale refuses interlaced frames and it "
+                    "returns stale images; 5.1 reads them right)")
         if facts.undecodable_packets:
             return (f"OpenCV decodes damaged streams wrongly ({facts.undecodable_packets} packets fail to decode; "
                     "it loses the frames its decoder threads hold at each)")

@@ -337,16 +337,11 @@ def mp4_track_boxes(f: BinaryIO, file_size: int, path: tuple[bytes, ...] = ()
     for kind, start, end in _mp4_boxes(f, *moov):
         if kind != b"trak":
             continue
+        for step in path:  # a missing step leaves (0, 0): no boxes
+            start, end = next(((s, e) for kind, s, e in _mp4_boxes(f, start, end) if kind == step), (0, 0))
         children: dict[bytes, tuple[int, int]] = {}
-        for step in (None, *path):
-            if step is not None:
-                if step not in children:
-                    children = {}
-                    break
-                start, end = children[step]
-            children = {}
-            for child, child_start, child_end in _mp4_boxes(f, start, end):
-                children.setdefault(child, (child_start, child_end))
+        for child, child_start, child_end in _mp4_boxes(f, start, end):
+            children.setdefault(child, (child_start, child_end))
         tracks.append(children)
     return tracks
 

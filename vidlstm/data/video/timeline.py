@@ -150,17 +150,25 @@ def rewind(container: InputContainer, stream: VideoStream) -> None:
         container.seek(start, stream=stream)
 
 
-def rewound(container: InputContainer, stream: VideoStream) -> tuple[InputContainer, VideoStream]:
-    """``container`` put back at the first packet of ``stream`` (`rewind`); where the container cannot seek at all
-    (raw H.264, HEVC and MPEG-4 streams: FFmpeg keeps no index for them) the file opened anew, the old container
-    closed. Returns the (container, stream) to read on."""
+def _rewinds(container: InputContainer, stream: VideoStream) -> bool:
+    """`rewind` ``container``; False where it cannot seek at all (raw H.264, HEVC and MPEG-4 streams: FFmpeg keeps
+    no index for them)."""
     import av
 
     try:
         rewind(container, stream)
-        return container, stream
     except av.error.PermissionError:  # AVERROR(EPERM): FFmpeg's "no way to seek in this file"
-        pass
+        return False
+    return True
+
+
+def rewound(container: InputContainer, stream: VideoStream) -> tuple[InputContainer, VideoStream]:
+    """``container`` put back at the first packet of ``stream`` (`rewind`); where the container cannot seek, the
+    file opened anew, the old container closed. Returns the (container, stream) to read on."""
+    import av
+
+    if _rewinds(container, stream):
+        return container, stream
     name, index, threads = container.name, stream.index, stream.thread_type
     container.close()
     container = av.open(name)
@@ -169,15 +177,7 @@ def rewound(container: InputContainer, stream: VideoStream) -> tuple[InputContai
     return container, stream
 
 
-def _unseekable(container: InputContainer, stream: VideoStream) -> str | None:
-    """`rewind` ``container``; a reason to count frames from the start instead of seeking when it cannot seek."""
-    import av
-
-    try:
-        rewind(container, stream)
-    except av.error.PermissionError:
-        return "the container cannot seek (a raw stream without an index)"
-    return None
+UNSEEKABLE = "the container cannot seek (a raw stream without an index)"  # why frames are counted instead
 
 
 def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
@@ -188,8 +188,8 @@ def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline 
     length_size = nal_length_size(codec, stream.codec_context.extradata)
     pts: list[int] = []
     keys: list[int] = []
-    if reason := _unseekable(container, stream):
-        return reason
+    if not _rewinds(container, stream):
+        return UNSEEKABLE
     for packet in container.demux(stream):
         if not packet.size or packet.is_discard:
             continue
@@ -238,8 +238,8 @@ def decoded_timeline(container: InputContainer, stream: VideoStream) -> Timeline
     which are keyframes), or say why they cannot be told apart by timestamp."""
     pts: list[int] = []
     keys: list[int] = []
-    if reason := _unseekable(container, stream):
-        return reason
+    if not _rewinds(container, stream):
+        return UNSEEKABLE
     for frame in decode_passing_over_errors(container, stream):
         if frame.pts is None:
             return "decoded frames carry no timestamp"
