@@ -91,7 +91,7 @@ def _zip_bytes() -> bytes:
      ("unicode_page.mp4", "\ufeff<html>".encode() + "Zugriff verweigert \u2014 ".encode() * 40,
       "it is an HTML page"),
      ("archive.mp4", _zip_bytes(), "not a readable media file: it is a ZIP archive"),
-     ("packed.mp4", gzip.compress(b"\0" * 1000), "it is a gzip archive"),
+     ("packed.mp4", gzip.compress(b"\0" * 1000, mtime=0), "it is a gzip archive"),
      ("paper.mp4", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + b"1 0 obj\n" * 50, "it is a PDF document"),
      ("feed.mp4", b'<?xml version="1.0"?>\n<rss><channel/></rss>\n' * 10, "it is an XML document"),
      ("commented_page.mp4", b"<!-- cached -->\n<HTML><body>Not Found</body></HTML>\n", "it is an HTML page"),
