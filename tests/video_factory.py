@@ -286,6 +286,30 @@ def no_sync_table_mp4(path: Path, num_frames: int = 120) -> Path:
     return _remux(source, path.with_suffix(".mp4"), {}, all_keyframes=True)
 
 
+def mid_gop_video(path: Path, suffix: str = ".mp4", num_frames: int = 120, gop: int = 12, orphans: int = 3
+                  ) -> Path:
+    """An MP4 or Matroska file (``suffix``) that starts mid-GOP, as a camera recorder that begins writing at the
+    first packet it receives, or a cut by stream copy, leaves it: H.264 (P-frames, a keyframe every ``gop``
+    frames) whose first GOP is missing but for its last ``orphans`` packets, P pictures whose references are gone
+    (the decoder drops them). The header counts them as frames, as many as the packets. Frames from the second
+    keyframe on decode, and they spell their index among the frames that decode: 0 to ``num_frames`` - 1."""
+    frames = np.stack([index_frame(max(i - gop, 0), 64, 64, LONG_BITS) for i in range(num_frames + gop)])
+    source = write_video(path.with_name(path.name + "_source.mp4"), frames, "libx264", "yuv420p",
+                         {"crf": "18", "bf": "0", "g": str(gop), "x264-params": "scenecut=0"})
+    with av.open(str(source)) as inside:
+        packets = [p for p in inside.demux(inside.streams.video[0]) if p.dts is not None]
+    second_key = next(i for i, p in enumerate(packets) if i and p.is_keyframe)
+    with av.open(str(source)) as inside, av.open(str(path.with_suffix(suffix)), "w",
+                                                 options={"avoid_negative_ts": "make_zero"}) as outside:
+        stream = inside.streams.video[0]
+        copy = outside.add_stream_from_template(stream)
+        for i, packet in enumerate(p for p in inside.demux(stream) if p.dts is not None):
+            if i >= second_key - orphans:
+                packet.stream = copy
+                outside.mux(packet)
+    return path.with_suffix(suffix)
+
+
 def raw_stream(path: Path, name: str, num_frames: int = 120) -> Path:
     """A video stream without a container, as cameras write it. "h264_raw": Annex B H.264 with B-frames (a
     Raspberry Pi's .h264): no timestamps, and FFmpeg cannot seek in it. "h263_raw": 176x144 H.263, whose every

@@ -67,6 +67,10 @@ class VideoReader(ABC):
             if facts.variable_frame_rate:
                 return (f"{cls.backend} decodes variable-frame-rate streams wrongly (neighbouring frames on random "
                         "access)")
+            if facts.leading_non_keyframes:
+                return (f"{cls.backend} decodes streams that start without a keyframe wrongly "
+                        f"({facts.leading_non_keyframes} packet(s) before the first: a recording begun mid-GOP, or a "
+                        "cut by stream copy)")
             if facts.hidden_frames:
                 return (f"{cls.backend} decodes streams with hidden frames wrongly ({facts.num_packets} packets, "
                         f"{facts.num_frames} frames)")

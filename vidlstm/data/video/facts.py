@@ -82,6 +82,9 @@ class StreamFacts:
     # first frames) a stream whose every packet is flagged although it is inter-coded (raw H.263, careless muxers)
     false_keyframes: int = 0
     no_sync_table: bool = False  # an MP4 track without a sync-sample table (stss): by the format every frame is a key
+    # packets before the first keyframe (a recording begun mid-GOP, a cut by stream copy): they reference pictures
+    # the file does not hold, and the decoder drops them or conceals what is missing
+    leading_non_keyframes: int = 0
 
     @property
     def intra_only(self) -> bool:
@@ -196,13 +199,14 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             rotation = declared_rotation(path, container.format.name, stream) or 0
         # Demux only: the packets really there (a truncated file has fewer than its header promises), the ones
         # that show a picture, and their timestamps.
-        container, stream = rewound(container, stream)
-        packets, keyframes, false_keyframes, shown_pts, shown = 0, 0, 0, [], 0
+        container, stream = rewound(path, container, stream)
+        packets, keyframes, false_keyframes, shown_pts, shown, leading = 0, 0, 0, [], 0, 0
         length_size = nal_length_size(codec, stream.codec_context.extradata)
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
                 continue
             packets += 1
+            leading += not keyframes and not packet.is_keyframe
             if packet.is_keyframe:
                 keyframes += 1
                 false_keyframes += not keyframe_is_intra(codec, memoryview(packet), length_size)
@@ -211,14 +215,15 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
                 if packet.pts is not None:
                     shown_pts.append(int(packet.pts))
         if keyframes == packets > 1 and not stream.codec_context.codec.intra_only:
-            container, stream = rewound(container, stream)
+            container, stream = rewound(path, container, stream)
             false_keyframes = max(false_keyframes, _inter_pictures(container, stream))
         time_base = stream.time_base or Fraction(1, 1000)
         variable = uneven(shown_pts, time_base)
         num_frames = min(header_frames, shown) if header_frames > 0 else shown
         counted, undecodable = False, 0
-        if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES:
-            container, stream = rewound(container, stream)
+        leading = leading if keyframes else 0  # no keyframe flags at all: nothing to tell from them
+        if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES or leading:
+            container, stream = rewound(path, container, stream)
             found = _count_decoded(container, stream, count_budget_s)
             if found is not None:
                 num_frames, frame_pts, undecodable = found
@@ -234,7 +239,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
                            container.format.name, header_frames, keyframes, interlaced, undecodable,
-                           false_keyframes, no_sync_table)
+                           false_keyframes, no_sync_table, leading)
     finally:
         container.close()
 

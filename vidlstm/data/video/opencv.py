@@ -215,8 +215,5 @@ def _stream_timeline(path: str, stream_index: int) -> tl.Timeline | str:
     key = tl.cache_key(path, stream_index)
     found = tl.cached(key)
     if found is None:
-        import av
-
-        with av.open(path) as container:
-            found = tl.remember(key, tl.packet_timeline(container, container.streams[stream_index]))
+        found = tl.remember(key, tl.packet_timeline(path, stream_index))
     return found

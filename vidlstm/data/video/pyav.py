@@ -94,9 +94,10 @@ class PyAVReader(VideoReader):
         """Take the size from frame 0 where the header gives none."""
         if self._size is not None:
             return
-        self._frames = None
-        self._container, self._stream = tl.rewound(self._container, self._stream)
-        for frame in tl.decode_passing_over_errors(self._container, self._stream):
+        self._rewind()
+        frame = next(self._frames, None)  # type: ignore[arg-type]
+        self._frames = None  # the next read starts with a seek
+        if frame is not None:
             self._size = (frame.height, frame.width)
             return
         raise VideoDecodeError(self.path, "no frame decodes")
@@ -114,8 +115,7 @@ class PyAVReader(VideoReader):
         if self._timeline is None:
             found = tl.cached(self._key)
             if found is None:
-                found = tl.remember(self._key, tl.packet_timeline(self._container, self._stream))
-                self._frames = None  # demuxing moved the container
+                found = tl.remember(self._key, tl.packet_timeline(self.path, self.facts.stream_index))
             if isinstance(found, tl.Timeline) and found.source == "packets" and len(found) != self.num_frames:
                 found = self._rebuild(f"{len(found)} packets show a frame where {self.num_frames} are expected")
             self._timeline = found
@@ -123,8 +123,7 @@ class PyAVReader(VideoReader):
 
     def _rebuild(self, why: str) -> tl.Timeline | str:
         """Replace a packet timeline that proved wrong by one read from a full decode (cached for the file)."""
-        self._frames = None
-        found = tl.decoded_timeline(self._container, self._stream)
+        found = tl.decoded_timeline(self.path, self.facts.stream_index, self._stream.thread_type)
         self._timeline = tl.remember(self._key, found if isinstance(found, tl.Timeline) else f"{why}; {found}")
         return self._timeline
 
@@ -145,10 +144,20 @@ class PyAVReader(VideoReader):
             raise
 
     def _seek(self, key: int, timeline: tl.Timeline) -> None:
-        self._container.seek(int(timeline.pts[key]), stream=self._stream, backward=True, any_frame=False)
-        self._frames = tl.decode_passing_over_errors(self._container, self._stream)
+        """Go to frame ``key``: a keyframe (a seek), or the stream's start (`_rewind`) where no keyframe comes
+        before the wanted frame (streams that begin mid-GOP: FFmpeg cannot seek there)."""
+        if timeline.is_key(key):
+            self._container.seek(int(timeline.pts[key]), stream=self._stream, backward=True, any_frame=False)
+            self._frames = tl.decode_passing_over_errors(self._container, self._stream)
+        else:
+            self._rewind()
         self._last_pts, self._sought = None, key
         self.seeks += 1
+
+    def _rewind(self) -> None:
+        """Decode from the stream's first packet on (`timeline.rewound`)."""
+        self._container, self._stream = tl.rewound(self.path, self._container, self._stream)
+        self._frames = tl.decode_passing_over_errors(self._container, self._stream)
 
     def _decode_by_pts(self, indices: list[int], timeline: tl.Timeline) -> list[np.ndarray]:
         """Frames at ``indices`` (sorted, unique), found by pts: each wanted frame is reached by decoding forward
@@ -182,7 +191,7 @@ class PyAVReader(VideoReader):
             if self._last_pts is None:  # first frames after a seek
                 if pts < int(timeline.pts[self._sought]) or frame.is_corrupt:
                     continue  # leading frames of an open GOP: their references precede the keyframe
-                if not (frame.key_frame or tl.is_intra(frame)):
+                if timeline.is_key(self._sought) and not (frame.key_frame or tl.is_intra(frame)):
                     raise _Mismatch(f"a seek to frame {self._sought} started on a frame that is not a keyframe")
                 if pts > target:  # the demuxer landed past the wanted frame: start from an earlier keyframe
                     if self._sought == 0:
@@ -203,8 +212,8 @@ class PyAVReader(VideoReader):
         """Frames at ``indices`` by counting decoded frames from the start (for streams without usable pts, or in
         which FFmpeg cannot seek), going on from the last read when it ended before the first wanted frame."""
         if self._frames is None or self._frames is not self._counting or self._counted > indices[0]:
-            self._container, self._stream = tl.rewound(self._container, self._stream)
-            self._frames = self._counting = tl.decode_passing_over_errors(self._container, self._stream)
+            self._rewind()
+            self._counting = self._frames
             self._counted = 0
             self.seeks += 1
         wanted, last, out = set(indices), indices[-1], []

@@ -46,6 +46,11 @@ class Timeline:
         at = int(np.searchsorted(self.keys, index, side="right")) - 1
         return int(self.keys[at]) if at >= 0 else 0
 
+    def is_key(self, index: int) -> bool:
+        """Whether frame ``index`` is a keyframe a decoder can start from."""
+        at = int(np.searchsorted(self.keys, index))
+        return at < len(self.keys) and int(self.keys[at]) == index
+
     def index_of(self, pts: int) -> int | None:
         """The frame whose timestamp is ``pts``, or None when no frame has it."""
         at = int(np.searchsorted(self.pts, pts))
@@ -133,77 +138,75 @@ def is_intra(frame: VideoFrame) -> bool:
         return str(getattr(kind, "name", kind)) == "I"
 
 
-def rewind(container: InputContainer, stream: VideoStream) -> None:
-    """Put ``container`` back at the first packet of ``stream``. A seek to 0 does it where timestamps start at or
-    after 0; where they start below (MPEG-TS whose timestamps wrap past 2^33 mid-file: FFmpeg makes the ones
-    before the wrap negative), a seek to 0 lands mid-file and the frames before it were lost. Demuxers that keep
-    an index refuse a seek before their first entry: for them the first timestamp itself is the start."""
+def rewound(path: str, container: InputContainer, stream: VideoStream) -> tuple[InputContainer, VideoStream]:
+    """``container`` (of ``path``) back at the first packet of ``stream``: the file opened anew, the old container
+    closed. Returns the (container, stream) to read on. A seek to the start is not exact everywhere: FFmpeg cannot
+    seek in raw H.264, HEVC and MPEG-4 streams (no index); in MPEG-TS whose timestamps wrap past 2^33 mid-file
+    FFmpeg makes the ones before the wrap negative and a seek to 0 lands at the wrap; where the first packets are
+    not keyframes (a recording begun mid-GOP, a cut by stream copy) a seek to 0 fails or lands at the end."""
     import av
 
-    start = stream.start_time
-    if start is None or start >= 0:
-        container.seek(0, stream=stream)
-        return
-    try:
-        container.seek(start - int(60 / stream.time_base), stream=stream)  # a minute before the first frame
-    except av.error.FFmpegError:
-        container.seek(start, stream=stream)
-
-
-def _rewinds(container: InputContainer, stream: VideoStream) -> bool:
-    """`rewind` ``container``; False where it cannot seek at all (raw H.264, HEVC and MPEG-4 streams: FFmpeg keeps
-    no index for them)."""
-    import av
-
-    try:
-        rewind(container, stream)
-    except av.error.PermissionError:  # AVERROR(EPERM): FFmpeg's "no way to seek in this file"
-        return False
-    return True
-
-
-def rewound(container: InputContainer, stream: VideoStream) -> tuple[InputContainer, VideoStream]:
-    """``container`` put back at the first packet of ``stream`` (`rewind`); where the container cannot seek, the
-    file opened anew, the old container closed. Returns the (container, stream) to read on."""
-    import av
-
-    if _rewinds(container, stream):
-        return container, stream
-    name, index, threads = container.name, stream.index, stream.thread_type
+    index, threads = stream.index, stream.thread_type  # read before the close: the stream lives in the container
     container.close()
-    container = av.open(name)
+    container = av.open(path)
     stream = container.streams[index]
     stream.thread_type = threads
     return container, stream
 
 
+def _seeks_to(path: str, stream_index: int, pts: int) -> bool:
+    """Whether FFmpeg seeks in a freshly opened ``path`` to the keyframe at ``pts`` (False for raw streams
+    without an index: FFmpeg answers EPERM, also at a keyframe)."""
+    import av
+
+    with av.open(path) as container:
+        try:
+            container.seek(pts, stream=container.streams[stream_index])
+        except av.error.PermissionError:
+            return False
+    return True
+
+
+def _seekable(found: Timeline | str, path: str, stream_index: int) -> Timeline | str:
+    """``found``, or `UNSEEKABLE` where FFmpeg cannot seek to its first keyframe (checked in a fresh container: once
+    a container has read a raw stream, FFmpeg seeks in what it has seen, but a reader's container has not)."""
+    if isinstance(found, Timeline) and len(found.keys) and not _seeks_to(path, stream_index,
+                                                                       int(found.pts[found.keys[0]])):
+        return UNSEEKABLE
+    return found
+
+
 UNSEEKABLE = "the container cannot seek (a raw stream without an index)"  # why frames are counted instead
 
 
-def packet_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
-    """Demux ``stream`` once (no decoding) and tabulate its frames, or say why its packets cannot be trusted.
-    Leaves the container positioned at its end: seek before decoding."""
-    codec = codec_name(stream)
-    check_shown = codec in CODECS_HIDING_FRAMES
-    length_size = nal_length_size(codec, stream.codec_context.extradata)
-    pts: list[int] = []
-    keys: list[int] = []
-    if not _rewinds(container, stream):
-        return UNSEEKABLE
-    for packet in container.demux(stream):
-        if not packet.size or packet.is_discard:
-            continue
-        if packet.pts is None:
-            return "some packets carry no timestamp"
-        if check_shown and not shows_frame(codec, memoryview(packet)):
-            continue
-        pts.append(int(packet.pts))
-        # Seek targets: keyframes whose picture decodes alone. Intra-refresh recovery points are not: FFmpeg holds
-        # frames back after one until it judges them whole, but on a 600-frame x264 file (recovery_frame_cnt 18,
-        # exact_match_flag 1) a start at one of its 19 recovery points gave 30 wrong frames that FFmpeg passed.
-        if packet.is_keyframe and keyframe_is_intra(codec, memoryview(packet), length_size):
-            keys.append(int(packet.pts))
-    return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "packets")
+def packet_timeline(path: str, stream_index: int) -> Timeline | str:
+    """Demux stream ``stream_index`` of ``path`` once (no decoding, a container of its own) and tabulate its
+    frames, or say why its packets cannot be trusted."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams[stream_index]
+        codec = codec_name(stream)
+        check_shown = codec in CODECS_HIDING_FRAMES
+        length_size = nal_length_size(codec, stream.codec_context.extradata)
+        pts: list[int] = []
+        keys: list[int] = []
+        for packet in container.demux(stream):
+            if not packet.size or packet.is_discard:
+                continue
+            if packet.pts is None:
+                return "some packets carry no timestamp"
+            if check_shown and not shows_frame(codec, memoryview(packet)):
+                continue
+            pts.append(int(packet.pts))
+            # Seek targets: keyframes whose picture decodes alone. Intra-refresh recovery points are not: FFmpeg
+            # holds frames back after one until it judges them whole, but on a 600-frame x264 file
+            # (recovery_frame_cnt 18, exact_match_flag 1) a start at one of its 19 recovery points gave 30 wrong
+            # frames that FFmpeg passed.
+            if packet.is_keyframe and keyframe_is_intra(codec, memoryview(packet), length_size):
+                keys.append(int(packet.pts))
+        found = _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "packets")
+    return _seekable(found, path, stream_index)
 
 
 def decode_passing_over_errors(container: InputContainer, stream: VideoStream, failures: list[str] | None = None
@@ -233,22 +236,27 @@ def decode_passing_over_errors(container: InputContainer, stream: VideoStream, f
         return
 
 
-def decoded_timeline(container: InputContainer, stream: VideoStream) -> Timeline | str:
-    """Decode ``stream`` once from the start and tabulate the frames the decoder really delivers (their pts, and
-    which are keyframes), or say why they cannot be told apart by timestamp."""
+def decoded_timeline(path: str, stream_index: int, thread_type: str = "SLICE") -> Timeline | str:
+    """Decode stream ``stream_index`` of ``path`` once from the start (a container of its own, the reader's
+    ``thread_type``) and tabulate the frames the decoder really delivers (their pts, and which are keyframes), or
+    say why they cannot be told apart by timestamp."""
+    import av
+
     pts: list[int] = []
     keys: list[int] = []
-    if not _rewinds(container, stream):
-        return UNSEEKABLE
-    for frame in decode_passing_over_errors(container, stream):
-        if frame.pts is None:
-            return "decoded frames carry no timestamp"
-        if pts and frame.pts <= pts[-1]:
-            return "decoded frames come out of timestamp order"
-        pts.append(int(frame.pts))
-        if frame.key_frame:
-            keys.append(int(frame.pts))
-    return _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "decoded")
+    with av.open(path) as container:
+        stream = container.streams[stream_index]
+        stream.thread_type = thread_type
+        for frame in decode_passing_over_errors(container, stream):
+            if frame.pts is None:
+                return "decoded frames carry no timestamp"
+            if pts and frame.pts <= pts[-1]:
+                return "decoded frames come out of timestamp order"
+            pts.append(int(frame.pts))
+            if frame.key_frame:
+                keys.append(int(frame.pts))
+        found = _timeline(pts, keys, stream.time_base, int(stream.start_time or 0), "decoded")
+    return _seekable(found, path, stream_index)
 
 
 _CACHE: OrderedDict[tuple, Timeline | str] = OrderedDict()
