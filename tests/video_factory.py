@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -261,17 +262,16 @@ def wild_video(path: Path, name: str, num_frames: int = 120) -> Path:
 
 
 def _remux(source: Path, path: Path, options: dict[str, str], format: str = "mp4", shift: int = 0,
-           all_keyframes: bool = False) -> Path:
+           all_keyframes: bool = False, first_packet: int = 0) -> Path:
     """Copy the video stream of ``source`` into ``path`` (``format``) with these muxer options, its timestamps
     moved by ``shift`` ticks (MPEG-TS keeps 33 bits of them: a shift near 2^33 makes them wrap), every packet
-    flagged as a keyframe if ``all_keyframes``."""
+    flagged as a keyframe if ``all_keyframes``, the packets before ``first_packet`` (in decoding order) left out."""
     options = {"avoid_negative_ts": "make_zero", **options}  # as the ffmpeg tool does: B-frames start below 0
     with av.open(str(source)) as inside, av.open(str(path), "w", format=format, options=options) as outside:
         stream = inside.streams.video[0]
         copy = outside.add_stream_from_template(stream)
-        for packet in inside.demux(stream):
-            if packet.dts is None:  # the demuxer's end-of-stream marker
-                continue
+        packets = (p for p in inside.demux(stream) if p.dts is not None)  # (None: the end-of-stream marker)
+        for packet in itertools.islice(packets, first_packet, None):
             packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
             packet.is_keyframe = packet.is_keyframe or all_keyframes
             packet.stream = copy
@@ -296,18 +296,9 @@ def mid_gop_video(path: Path, suffix: str = ".mp4", num_frames: int = 120, gop: 
     frames = np.stack([index_frame(max(i - gop, 0), 64, 64, LONG_BITS) for i in range(num_frames + gop)])
     source = write_video(path.with_name(path.name + "_source.mp4"), frames, "libx264", "yuv420p",
                          {"crf": "18", "bf": "0", "g": str(gop), "x264-params": "scenecut=0"})
-    with av.open(str(source)) as inside:
-        packets = [p for p in inside.demux(inside.streams.video[0]) if p.dts is not None]
-    second_key = next(i for i, p in enumerate(packets) if i and p.is_keyframe)
-    with av.open(str(source)) as inside, av.open(str(path.with_suffix(suffix)), "w",
-                                                 options={"avoid_negative_ts": "make_zero"}) as outside:
-        stream = inside.streams.video[0]
-        copy = outside.add_stream_from_template(stream)
-        for i, packet in enumerate(p for p in inside.demux(stream) if p.dts is not None):
-            if i >= second_key - orphans:
-                packet.stream = copy
-                outside.mux(packet)
-    return path.with_suffix(suffix)
+    # no B-frames and no scene cuts: packet ``gop`` is the second keyframe
+    return _remux(source, path.with_suffix(suffix), {}, "mp4" if suffix == ".mp4" else "matroska",
+                  first_packet=gop - orphans)
 
 
 def raw_stream(path: Path, name: str, num_frames: int = 120) -> Path:

@@ -236,7 +236,7 @@ def decode_passing_over_errors(container: InputContainer, stream: VideoStream, f
         return
 
 
-def decoded_timeline(path: str, stream_index: int, thread_type: str = "SLICE") -> Timeline | str:
+def decoded_timeline(path: str, stream_index: int, thread_type: str) -> Timeline | str:
     """Decode stream ``stream_index`` of ``path`` once from the start (a container of its own, the reader's
     ``thread_type``) and tabulate the frames the decoder really delivers (their pts, and which are keyframes), or
     say why they cannot be told apart by timestamp."""
