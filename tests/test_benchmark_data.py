@@ -4,6 +4,7 @@ workers get, and the seek check runs on every backend that loads."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def test_seek_check_runs_on_every_backend(tmp_path: Path) -> None:
 def test_loader_check_counts_the_cpu_of_processes_that_outlive_a_run(tiny_demo) -> None:
     """Every loader/raw pair is measured, persistent ones included, and a persistent run's CPU time includes its
     living processes' decoding (the main process alone would show a fraction of a millisecond per clip)."""
-    results = bench_loader(Path(tiny_demo.split_dir("train")), clips=24, num_frames=4, size=32, repeats=2)
+    results, paired = bench_loader(Path(tiny_demo.split_dir("train")), clips=24, num_frames=4, size=32, repeats=2)
     for workers in (0, 2):
         processes = max(1, workers)
         names = [f"raw decoding x{processes}", f"raw + transform x{processes}", f"loader {workers} workers"]
@@ -55,12 +56,41 @@ def test_loader_check_counts_the_cpu_of_processes_that_outlive_a_run(tiny_demo) 
                   f"{AGAIN} x{workers}"] if workers else []
         for name in names:
             rate, cpu_ms, walls = results[name]
-            assert rate > 0 and len(walls) == 2 and cpu_ms > 0.5, (name, results[name])
+            assert rate > 0 and len(walls) >= 2 and cpu_ms > 0.5, (name, results[name])
     for name in (f"{EMPTY} raw x2", f"{EMPTY} loader 2 workers"):  # processes started and stopped, nothing decoded
         walls = results[name][2]
         assert len(walls) == 2 and min(walls) > 0, (name, results[name])
+    assert ("loader 2 workers persistent", "raw decoding x2 persistent") in paired
+    assert (f"{AGAIN} x2", "raw decoding x2") in paired
+    for pair, ratios in paired.items():
+        assert len(ratios) == 2 and all(wall > 0 and cpu > 0 for wall, cpu in ratios), (pair, ratios)
     main_only = timed(lambda: time.sleep(0.05))[1]
     assert main_only < 0.02
+
+
+def test_pairs_run_back_to_back_in_alternating_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pair's two runs are neighbours (which is what makes their ratio immune to slow drifts), which goes
+    first alternates, and each ratio is b's time over a's."""
+    import vidlstm.cli.benchmark.data as data
+
+    log: list[str] = []
+    seconds = {"a": 2.0, "b": 3.0, "c": 5.0}
+
+    def fake_timed(work: Callable[[], object], living: list[int] = ()) -> tuple[float, float]:
+        work()
+        return seconds[log[-1]], 10 * seconds[log[-1]]
+
+    monkeypatch.setattr(data, "SETTLE_S", 0.0)
+    monkeypatch.setattr(data, "timed", fake_timed)
+    runs = {name: (lambda name=name: log.append(name)) for name in seconds}
+    times, ratios = data._paired_runs(runs, [("a", "b"), ("a", "c")], {}, repeats=4, seed=0)
+    neighbours = [tuple(sorted(log[i: i + 2])) for i in range(0, len(log), 2)]
+    assert sorted(neighbours) == [("a", "b")] * 4 + [("a", "c")] * 4
+    for pair in (("a", "b"), ("a", "c")):
+        firsts = [log[2 * i] for i, n in enumerate(neighbours) if n == pair]
+        assert sorted(firsts) == sorted(pair * 2), (pair, log)
+    assert ratios == {("a", "b"): [(1.5, 1.5)] * 4, ("a", "c"): [(2.5, 2.5)] * 4}
+    assert [len(times[name]) for name in "abc"] == [8, 4, 4]
 
 
 def test_persistent_raw_processes_report_a_failed_share(tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ the float conversion + normalisation run on the training device; the fully norma
 it. With workers it is measured twice: started for each epoch against raw processes started for each run, and
 with persistent workers (training's default) against raw processes that also live across runs; and an epoch with
 nothing to decode shows what starting and stopping the workers costs against plain processes; the raw decoding
-with workers is measured twice, and the ratio of the two shows how far this machine's noise moves a ratio.
+with workers is measured twice, and the ratio of the two shows how far this machine's noise moves a ratio. Each
+ratio is the median over repeats of the ratio of two neighbouring runs (the pair back to back, which goes first
+alternating, pairs in a random order, a short pause before each run): on a shared machine a run's speed drifts by
+10-25% within a minute, more than the loader costs, and a pair of neighbours shares the drift.
 The seek check reads a 16-frame clip (every 2nd frame) from the first and from the last 10% of a 10-minute 480p
 H.264 video (x264 ultrafast, a keyframe every 2 s; generated once into ./data/benchmark), each from a freshly
 opened reader as a dataset does, interleaved, and prints per backend the median cost of each and late / early
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import os
@@ -138,12 +142,21 @@ def _consume(loader: DataLoader) -> None:
         pass
 
 
+Pair = tuple[str, str]  # (a loader run, the raw run it is compared with)
+Measured = tuple[float, float, list[float]]  # clips/s, CPU ms per clip (medians), wall seconds of each run
+Timings = list[tuple[float, float]]  # (wall, CPU) seconds of each run, or their ratios in a pair
+
+
 def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: int, batch_size: int = 8,
-                 backend: str = "auto") -> dict[str, tuple[float, float, list[float]]]:
-    """{name: (clips/s, CPU ms per clip, wall seconds of each run)} of raw decoding per backend, and for N = 0
-    and 2 workers of: N raw decoding processes, the same plus the transform, and our DataLoader (medians of
-    ``repeats`` interleaved runs), with workers also persistent ones against persistent raw processes; and of
-    frame-cache epochs."""
+                 backend: str = "auto") -> tuple[dict[str, Measured], dict[Pair, Timings]]:
+    """({name: (clips/s, CPU ms per clip, wall seconds of each run)}, {(loader run, raw run): [(raw wall / loader
+    wall, raw CPU / loader CPU) of each repeat]}).
+
+    Raw decoding per backend, once; for N = 0 and 2 workers our DataLoader against N raw decoding processes, the
+    same plus the transform, and (with workers) the same raw decoding again, an epoch with nothing to decode, and
+    persistent workers against persistent raw processes; frame-cache epochs. Each pair runs back to back, in
+    alternating order, pairs in a random order, ``repeats`` times: a ratio of two neighbouring runs is not moved
+    by the slow drifts of a shared machine, which move the median of each side by more than the loader costs."""
     records = list(itertools.islice(itertools.cycle(ClassFolderSource(videos).records()), clips))
     sampler = UniformSegmentSampler(num_frames)
     work = []
@@ -152,11 +165,12 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
             first, stop = segment_frames(record, reader.num_frames, reader.fps)
             work.append((record.path, [first + i for i in sampler(stop - first)]))
 
-    def measured(runs: list[tuple[float, float]]) -> tuple[float, float, list[float]]:
+    def measured(runs: list[tuple[float, float]]) -> Measured:
         wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         return len(work) / wall, cpu * 1e3 / len(work), [r[0] for r in runs]
 
-    results: dict[str, tuple[float, float, list[float]]] = {}
+    results: dict[str, Measured] = {}
+    paired: dict[Pair, Timings] = {}
     for name in available_backends():
         if any(BACKENDS[name].unsuitable_reason(stream_facts(p)) for p, _ in work):
             print(f"  {name:<22} skipped: unsuitable for some of these files")
@@ -169,15 +183,16 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
     normalising = VideoClipDataset(records, classes, sampler, transform, backend=backend)
     for workers in (0, 2):
         shares = _shares(work, workers, batch_size)
-
+        raw, loader = f"raw decoding x{max(1, workers)}", f"loader {workers} workers"
         uint8_loader, float_loader = (DataLoader(d, batch_size=batch_size, num_workers=workers,
                                                  collate_fn=collate_clips) for d in (dataset, normalising))
         runs: dict[str, Callable[[], object]] = {
-            f"raw decoding x{max(1, workers)}": lambda shares=shares: _in_processes(shares, backend, None),
+            raw: lambda shares=shares: _in_processes(shares, backend, None),
             f"raw + transform x{max(1, workers)}": lambda shares=shares: _in_processes(shares, backend, in_loader),
-            f"loader {workers} workers": lambda loader=uint8_loader: _consume(loader),
-            f"loader {workers} workers, float": lambda loader=float_loader: _consume(loader),
+            loader: lambda loader=uint8_loader: _consume(loader),
+            f"{loader}, float": lambda loader=float_loader: _consume(loader),
         }
+        pairs = [(loader, raw), (loader, f"raw + transform x{max(1, workers)}"), (f"{loader}, float", raw)]
         if workers:
             # The same raw decoding measured twice: how far two runs of one piece of work part on this machine
             runs[f"{AGAIN} x{workers}"] = lambda shares=shares: _in_processes(shares, backend, None)
@@ -185,7 +200,9 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
             empty = DataLoader(VideoClipDataset([], classes, sampler, in_loader, backend=backend),
                                batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
             runs[f"{EMPTY} raw x{workers}"] = lambda nothing=[[]] * workers: _in_processes(nothing, backend, None)
-            runs[f"{EMPTY} loader {workers} workers"] = lambda loader=empty: _consume(loader)
+            runs[f"{EMPTY} {loader}"] = lambda loader=empty: _consume(loader)
+            pairs += [(f"{AGAIN} x{workers}", raw), (f"{EMPTY} {loader}", f"{EMPTY} raw x{workers}"),
+                      (f"{loader} persistent", f"{raw} persistent")]
         living: dict[str, Callable[[], list[int]]] = {}  # runs whose processes outlive them: their pids
         with contextlib.ExitStack() as persistent:
             if workers:
@@ -193,24 +210,45 @@ def bench_loader(videos: Path, clips: int, num_frames: int, size: int, repeats: 
                 kept = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
                                   persistent_workers=True)
                 persistent.callback(_stop_workers, kept)
-                raw_name, loader_name = f"raw decoding x{workers} persistent", f"loader {workers} workers persistent"
-                runs[raw_name] = lambda s=shares, pool=pool: pool.run(s, backend)
-                runs[loader_name] = lambda loader=kept: _consume(loader)
-                living = {raw_name: pool.pids, loader_name: lambda loader=kept: _worker_pids(loader)}
+                runs[f"{raw} persistent"] = lambda s=shares, pool=pool: pool.run(s, backend)
+                runs[f"{loader} persistent"] = lambda loader=kept: _consume(loader)
+                living = {f"{raw} persistent": pool.pids,
+                          f"{loader} persistent": lambda loader=kept: _worker_pids(loader)}
                 for name in living:
                     runs[name]()  # started once, as training's first epoch starts them
-            times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-            for repeat in range(repeats):
-                order = list(runs)[repeat % len(runs):] + list(runs)[: repeat % len(runs)]  # rotate who goes first
-                for name in order:
-                    times[name].append(timed(runs[name], living.get(name, list)()))
+            times, ratios = _paired_runs(runs, pairs, living, repeats, seed=workers)
         results.update({name: measured(t) for name, t in times.items()})
+        paired.update(ratios)
     with tempfile.TemporaryDirectory() as cache_dir:
         cached = VideoClipDataset(records, classes, sampler, in_loader, frame_cache=FrameCache(cache_dir, size))
         loader = DataLoader(cached, batch_size=batch_size, num_workers=0, collate_fn=collate_clips)
         results["frame cache 1st epoch"] = measured([timed(lambda: _consume(loader))])
         results["frame cache later"] = measured([timed(lambda: _consume(loader))])
-    return results
+    return results, paired
+
+
+def _paired_runs(runs: dict[str, Callable[[], object]], pairs: list[Pair], living: dict[str, Callable[[], list[int]]],
+                 repeats: int, seed: int) -> tuple[dict[str, Timings], dict[Pair, Timings]]:
+    """({run: [(wall, CPU seconds) of each time it ran]}, {pair: [(b wall / a wall, b CPU / a CPU) of each
+    repeat]}): every repeat runs each pair's two runs back to back, which goes first alternating, the pairs in a
+    random order; each run starts after a collection and a short pause (the previous run's processes gone)."""
+    order = random.Random(seed)
+    times: dict[str, Timings] = {name: [] for pair in pairs for name in pair}
+    ratios: dict[Pair, Timings] = {pair: [] for pair in pairs}
+    for repeat in range(repeats):
+        for k in order.sample(range(len(pairs)), len(pairs)):
+            pair, this_time = pairs[k], {}
+            for name in pair if (repeat + k) % 2 else pair[::-1]:
+                gc.collect()
+                time.sleep(SETTLE_S)
+                this_time[name] = timed(runs[name], living.get(name, list)())
+                times[name].append(this_time[name])
+            (wall_a, cpu_a), (wall_b, cpu_b) = (this_time[name] for name in pair)
+            ratios[pair].append((wall_b / wall_a, cpu_b / cpu_a))
+    return times, ratios
+
+
+SETTLE_S = 0.1  # pause before each run
 
 
 LONG_VIDEO_FPS, LONG_VIDEO_KEYINT, LONG_VIDEO_SIZE = 25, 50, (854, 480)  # a keyframe every 2 s
@@ -288,37 +326,39 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     videos = args.videos or demo_split("train")
     print(f"data benchmark: {args.clips} clips of {args.num_frames} frames from {videos} (cpus: {os.cpu_count()}, "
-          f"median of {args.repeats} interleaved runs)")
-    results = bench_loader(videos, args.clips, args.num_frames, args.size, args.repeats)
+          f"each ratio the median of {args.repeats} pairs of neighbouring runs)")
+    results, paired = bench_loader(videos, args.clips, args.num_frames, args.size, args.repeats)
     with open_video(next(iter(ClassFolderSource(videos).records())).path) as reader:
         print(f"  (the loader and the raw decoding processes open videos with backend auto: {reader.backend})")
     for name, (rate, cpu_ms, _) in results.items():
         if not name.startswith(EMPTY):
             print(f"  {name:<36} {rate:8.1f} clips/s   {cpu_ms:6.2f} ms CPU per clip")
     for workers in (0, 2):
-        processes = max(1, workers)
-        pairs = [("raw decoding", "", "target >= 0.9"), ("raw + transform", "", "the loader's own cost")]
-        pairs += [("raw decoding", " persistent", "target >= 0.9")] if workers else []
-        for raw, kept, note in pairs:
-            rate, cpu_ms, walls = results[f"loader {workers} workers{kept}"]
-            raw_rate, raw_cpu_ms, raw_walls = results[f"{raw} x{processes}{kept}"]
-            per_run = sorted(r / w for r, w in zip(raw_walls, walls, strict=True))  # run i of each: interleaved
-            print(f"  ratio loader({workers}{kept} workers) / {raw} in {processes}{kept} process(es): "
-                  f"{rate / raw_rate:.2f}   ({note}; by CPU time {raw_cpu_ms / cpu_ms:.2f}; run by run "
-                  f"{per_run[0]:.2f}-{per_run[-1]:.2f}, middle half {_quartiles(per_run)})")
+        processes, loader = max(1, workers), f"loader {workers} workers"
+        raw = f"raw decoding x{processes}"
+        compared = [(loader, raw, f"ratio loader({workers} workers) / raw decoding in {processes} process(es)",
+                     "target >= 0.9"),
+                    (loader, f"raw + transform x{processes}", f"ratio loader({workers} workers) / raw + transform "
+                     f"in {processes} process(es)", "the loader's own cost")]
         if workers:
-            same = results[f"{AGAIN} x{workers}"][0] / results[f"raw decoding x{workers}"][0]
-            print(f"  ratio raw decoding / the same raw decoding in {workers} processes: {same:.2f}   (no difference "
-                  "but this machine's noise: how far the ratios above can move by chance)")
+            compared += [(f"{loader} persistent", f"{raw} persistent", f"ratio loader({workers} persistent workers) "
+                          f"/ raw decoding in {workers} persistent process(es)", "target >= 0.9"),
+                         (f"{AGAIN} x{workers}", raw, f"ratio raw decoding / the same raw decoding in {workers} "
+                          "processes", "no difference but this machine's noise: how far the ratios above can "
+                          "move by chance")]
+        compared += [(f"{loader}, float", raw, f"ratio float loader({workers} workers) / raw decoding in "
+                      f"{processes} process(es)", "normalising in the workers")]
+        for a, b, title, note in compared:
+            walls, cpus = (sorted(r[i] for r in paired[(a, b)]) for i in (0, 1))
+            print(f"  {title}: {statistics.median(walls):.2f}   ({note}; by CPU time {statistics.median(cpus):.2f}; "
+                  f"pair by pair {walls[0]:.2f}-{walls[-1]:.2f}, middle half {_quartiles(walls)})")
+        if workers:
             raw_ms, loader_ms = (1e3 * statistics.median(results[f"{EMPTY} {name}"][2])
-                                 for name in (f"raw x{workers}", f"loader {workers} workers"))
-            epoch_ms = 1e3 * statistics.median(results[f"loader {workers} workers"][2])
+                                 for name in (f"raw x{workers}", loader))
+            epoch_ms = 1e3 * statistics.median(results[loader][2])
             print(f"  an epoch of nothing: {workers} loader workers start and stop in {loader_ms:.0f} ms, {workers} "
                   f"plain processes in {raw_ms:.0f} ms (PyTorch's DataLoader; {loader_ms - raw_ms:.0f} ms is "
                   f"{100 * (loader_ms - raw_ms) / epoch_ms:.1f}% of this {args.clips}-clip epoch)")
-        float_rate = results[f"loader {workers} workers, float"][0]
-        print(f"  ratio float loader({workers} workers) / raw decoding in {processes} process(es): "
-              f"{float_rate / results[f'raw decoding x{processes}'][0]:.2f}   (normalising in the workers)")
     speedup = results["frame cache later"][0] / results["loader 0 workers"][0]
     print(f"  ratio frame-cache epoch / decoding epoch (0 workers): {speedup:.2f}   (target >= 5)")
 
