@@ -6,7 +6,7 @@ a fresh state, or only sometimes, fails. Files: H.264 with B-frames, MPEG-4 part
 with hidden frames), a variable-frame-rate .mkv and one whose frames share timestamps, and files from the wild:
 H.264 with B-frames in AVI, FLV, MPEG-TS (also with timestamps wrapping past 2^33) and fragmented MP4, HEVC with
 B-frames, interlaced H.264, H.264 with intra refresh, WMV2 in ASF, AV1, H.264 that changes size mid-stream, raw
-streams, MP4 without a sync-sample table, and MP4/Matroska that start mid-GOP.
+streams, MP4 without a sync-sample table, MP4/Matroska that start mid-GOP, and open GOPs (H.264, MPEG-2).
 The frame count is the number of frames that decode, the same in `probe()` and every backend; asking past it is
 one error everywhere.
 """
@@ -142,12 +142,15 @@ def test_one_reader_stays_exact_over_many_rounds(files: dict[str, Path], name: s
 # sync-sample table: decord wrong on 48 of 56 reads (torchcodec right with FFmpeg 5.1, so not refused). Starting
 # mid-GOP (3 P pictures before the first keyframe, dropped by the decoder): in Matroska torchcodec wrong on 48 of 56
 # reads, decord failed; in MP4 both failed on every read (and the header's count, 123, was taken for 120 frames).
+# Open GOPs (B-frames after a keyframe shown before it): decord wrong on 16 of 56 reads of x264 --open-gop in MP4
+# and in Matroska, 41 of 56 of MPEG-2 in MP4 (torchcodec, PyAV and OpenCV right).
 EARNED = [("decord", "vfr_shared_pts"), ("torchcodec", "vfr_shared_pts"), ("decord", "vp8_hidden"),
           ("torchcodec", "vp8_hidden"), ("decord", "hevc_mp4"), ("decord", "wmv2_asf"),
           *([("opencv", "h264_interlaced")] if "opencv" in available_backends() and opencv_version() < (5, 1) else []),
           ("decord", "mpeg2_ps"), ("torchcodec", "mpeg2_ps"), ("decord", "h264_intra_refresh"),
           ("torchcodec", "h264_intra_refresh"), ("torchcodec", "h263_raw"), ("decord", "h264_no_sync_table"),
           *[(backend, name) for name in ("h264_mid_gop", "h264_mid_gop_mkv") for backend in ("decord", "torchcodec")],
+          ("decord", "h264_open_gop"), ("decord", "h264_open_gop_mkv"), ("decord", "mpeg2_open_gop"),
           *[(backend, name) for name in WILD_CONTAINERS for backend in ("decord", "torchcodec")]]
 
 
@@ -163,7 +166,7 @@ def test_refusals_are_earned(files: dict[str, Path], backend: str, name: str) ->
     # packet.
     disguised = dataclasses.replace(real, variable_frame_rate=False, num_packets=0, num_frames=real.num_packets,
                                     container=MATROSKA, interlaced=False, codec="h264", false_keyframes=0,
-                                    no_sync_table=False, leading_non_keyframes=0)
+                                    no_sync_table=False, leading_non_keyframes=0, open_gop_keyframes=0)
     try:
         opened = BACKENDS[backend](str(path), disguised)
     except Exception:  # a good file lost (torchcodec raises its own RuntimeError when constructed directly)
@@ -191,7 +194,7 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
     with_table = {n for n, f in looked.items() if f.indexes_frames}
     assert with_table == {"h264_bframes", "vp9_webm", "vp8_hidden", "vp9_hidden", "vfr_mkv", "vfr_shared_pts",
                           "hevc_mp4", "h264_interlaced", "h264_intra_refresh", "h264_no_sync_table", "h264_mid_gop",
-                          "h264_mid_gop_mkv"} | (
+                          "h264_mid_gop_mkv", "h264_open_gop", "h264_open_gop_mkv", "mpeg2_open_gop"} | (
                               {"av1_mp4"} & set(MAKERS))
     assert {n for n, f in looked.items() if f.false_keyframes} == {"h264_intra_refresh", "h263_raw"}
     assert looked["h263_raw"].keyframe_packets == looked["h263_raw"].num_packets  # the flags the checks saw through
@@ -200,6 +203,10 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
         "h264_mid_gop": 3, "h264_mid_gop_mkv": 3}
     assert looked["h264_mid_gop"].header_frames == N + 3  # the header counts the dropped pictures as frames
     assert {n for n, f in looked.items() if f.intra_only} == {"mjpeg_avi"}
+    # B-frames shown before the keyframe they follow: x264 --open-gop, x265 (CRA pictures), FFmpeg's MPEG-2 and
+    # MPEG-4 Part 2 encoders; closed GOPs with B-frames (x264's default) are not
+    assert {n for n, f in looked.items() if f.open_gop_keyframes} == {
+        "h264_open_gop", "h264_open_gop_mkv", "mpeg2_open_gop", "mpeg2_ps", "mpeg4_avi", "hevc_mp4"}
     for fragmented in ("h264_fmp4", "h264_fmp4_hybrid"):  # told apart by the count: none, or the first fragment's
         assert looked[fragmented].container == looked["h264_bframes"].container
     assert looked["h264_fmp4"].header_frames == 0 and looked["h264_bframes"].header_frames == N
@@ -373,7 +380,7 @@ def test_probe_cache_keeps_the_count_and_hands_it_to_readers(files: dict[str, Pa
     _, bad = probe_module.probe_records([VideoRecord(path, "a")], cache, workers=0)
     assert not bad
     stored = json.loads(cache.read_text())
-    assert stored["version"] == probe_module.CACHE_VERSION == 7
+    assert stored["version"] == probe_module.CACHE_VERSION == 8
     result = stored["entries"][path]["result"]
     assert result["num_frames"] == N and result["facts"]["frames_counted"] and result["facts"]["num_packets"] == N + 10
 

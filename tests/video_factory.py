@@ -227,6 +227,13 @@ WILD_CODECS = {
     # recovery points flagged as keyframes although they are P pictures (low-latency streams, video calls)
     "h264_intra_refresh": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "0",
                                                           "x264-params": "intra-refresh=1:keyint=30"}),
+    # open GOPs: a keyframe followed (in decoding order) by B-frames shown before it, which reference the GOP
+    # before (x264 --open-gop, as broadcast and Blu-ray encodes use it; FFmpeg's MPEG-2 encoder by default)
+    "h264_open_gop": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "3", "g": "12",
+                                                     "x264-params": "open-gop=1:scenecut=0"}),
+    "h264_open_gop_mkv": (".mkv", "libx264", "yuv420p", {"crf": "18", "bf": "3", "g": "12",
+                                                         "x264-params": "open-gop=1:scenecut=0"}),
+    "mpeg2_open_gop": (".mp4", "mpeg2video", "yuv420p", {"bf": "2", "g": "12", "qscale": "2"}),
     # AV1 (SVT-AV1, hidden reference frames inside each temporal unit): what YouTube and newer downloads carry
     "av1_mp4": (".mp4", "libsvtav1", "yuv420p", {"g": "12", "crf": "30"}),
 }

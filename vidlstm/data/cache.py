@@ -29,7 +29,8 @@ from vidlstm.utils.progress import progress
 # 3: and MPEG-TS files whose timestamps wrap past 2^33, which PyAV read from the wrap on, and intra-refresh H.264
 # 4: and raw H.263 (torchcodec), MP4 without a sync-sample table (decord)
 # 5: and streams that start without a keyframe (torchcodec and decord off by the frames dropped, PyAV off the end)
-CACHE_FORMAT = 5
+# 6: and open GOPs (decord)
+CACHE_FORMAT = 6
 
 
 def _default_keep_open() -> int:

@@ -39,7 +39,7 @@ from vidlstm.utils.progress import progress
 
 log = logging.getLogger(__name__)
 FEATURE_DTYPES = ("float16", "float32")
-CACHE_FORMAT = 6  # part of every key: bump it when what is stored under a key changes (3-6: see data.cache)
+CACHE_FORMAT = 7  # part of every key: bump it when what is stored under a key changes (3-7: see data.cache)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 

@@ -85,6 +85,10 @@ class StreamFacts:
     # packets before the first keyframe (a recording begun mid-GOP, a cut by stream copy): they reference pictures
     # the file does not hold, and the decoder drops them or conceals what is missing
     leading_non_keyframes: int = 0
+    # keyframes followed, in decoding order, by frames shown before them (open GOPs: x264 open-gop, MPEG-2 and
+    # MPEG-4 Part 2 by default, HEVC CRA pictures with leading pictures): those frames reference the GOP before, so
+    # a decoder started at the keyframe cannot make them
+    open_gop_keyframes: int = 0
 
     @property
     def intra_only(self) -> bool:
@@ -201,6 +205,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         # that show a picture, and their timestamps.
         container, stream = rewound(path, container, stream)
         packets, keyframes, false_keyframes, shown_pts, shown, leading = 0, 0, 0, [], 0, 0
+        open_gops, key_pts, gop_is_open = 0, None, False
         length_size = nal_length_size(codec, stream.codec_context.extradata)
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
@@ -210,6 +215,9 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             if packet.is_keyframe:
                 keyframes += 1
                 false_keyframes += not keyframe_is_intra(codec, memoryview(packet), length_size)
+                key_pts, gop_is_open = packet.pts, False
+            elif not gop_is_open and None not in (key_pts, packet.pts) and packet.pts < key_pts:
+                open_gops, gop_is_open = open_gops + 1, True
             if shows_frame(codec, memoryview(packet)):
                 shown += 1
                 if packet.pts is not None:
@@ -239,7 +247,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
                            container.format.name, header_frames, keyframes, interlaced, undecodable,
-                           false_keyframes, no_sync_table, leading)
+                           false_keyframes, no_sync_table, leading, open_gops)
     finally:
         container.close()
 
