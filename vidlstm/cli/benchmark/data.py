@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import gc
 import itertools
+import math
 import multiprocessing
 import os
 import random
@@ -244,7 +245,8 @@ def _paired_runs(runs: dict[str, Callable[[], object]], pairs: list[Pair], livin
                 this_time[name] = timed(runs[name], living.get(name, list)())
                 times[name].append(this_time[name])
             (wall_a, cpu_a), (wall_b, cpu_b) = (this_time[name] for name in pair)
-            ratios[pair].append((wall_b / wall_a, cpu_b / cpu_a))
+            # CPU time counts in clock ticks (10 ms): an epoch of nothing to decode can read 0
+            ratios[pair].append((wall_b / wall_a, cpu_b / cpu_a if cpu_a else math.nan))
     return times, ratios
 
 
@@ -385,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=512, help="clips decoded per measurement")
     parser.add_argument("--num-frames", type=int, default=16, help="frames per clip")
     parser.add_argument("--size", type=int, default=64, help="crop size of the dataset's transform")
-    parser.add_argument("--repeats", type=int, default=15, help="interleaved runs per loader measurement (median)")
+    parser.add_argument("--repeats", type=int, default=15, help="pairs of neighbouring runs per loader ratio (median)")
     parser.add_argument("--long-video", type=Path, help="video for the seek check (default: a generated "
                                                           "10-minute 480p H.264 file in ./data/benchmark)")
     parser.add_argument("--seek-repeats", type=int, default=11, help="early and late clips per backend (median)")
