@@ -218,6 +218,7 @@ def stream_counts(path: Path) -> tuple[int, int]:
 # ---- containers and codecs from the wild: where frame numbers and timestamps part ways ----------------------------
 
 # name -> (file suffix, codec, pixel format, encoder options) of streams encoded directly
+_X264_OPEN_GOP = {"crf": "18", "bf": "3", "g": "12", "x264-params": "open-gop=1:scenecut=0"}
 WILD_CODECS = {
     "hevc_mp4": (".mp4", "libx265", "yuv420p", {"crf": "18", "x265-params": "bframes=4:keyint=12:log-level=error"}),
     "h264_interlaced": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "2", "g": "12", "flags": "+ildct+ilme",
@@ -229,10 +230,8 @@ WILD_CODECS = {
                                                           "x264-params": "intra-refresh=1:keyint=30"}),
     # open GOPs: a keyframe followed (in decoding order) by B-frames shown before it, which reference the GOP
     # before (x264 --open-gop, as broadcast and Blu-ray encodes use it; FFmpeg's MPEG-2 encoder by default)
-    "h264_open_gop": (".mp4", "libx264", "yuv420p", {"crf": "18", "bf": "3", "g": "12",
-                                                     "x264-params": "open-gop=1:scenecut=0"}),
-    "h264_open_gop_mkv": (".mkv", "libx264", "yuv420p", {"crf": "18", "bf": "3", "g": "12",
-                                                         "x264-params": "open-gop=1:scenecut=0"}),
+    "h264_open_gop": (".mp4", "libx264", "yuv420p", _X264_OPEN_GOP),
+    "h264_open_gop_mkv": (".mkv", "libx264", "yuv420p", _X264_OPEN_GOP),
     "mpeg2_open_gop": (".mp4", "mpeg2video", "yuv420p", {"bf": "2", "g": "12", "qscale": "2"}),
     # AV1 (SVT-AV1, hidden reference frames inside each temporal unit): what YouTube and newer downloads carry
     "av1_mp4": (".mp4", "libsvtav1", "yuv420p", {"g": "12", "crf": "30"}),

@@ -205,7 +205,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         # that show a picture, and their timestamps.
         container, stream = rewound(path, container, stream)
         packets, keyframes, false_keyframes, shown_pts, shown, leading = 0, 0, 0, [], 0, 0
-        open_gops, key_pts, gop_is_open = 0, None, False
+        open_gops, key_pts = 0, None  # key_pts: the last keyframe's, until a frame shown before it is seen
         length_size = nal_length_size(codec, stream.codec_context.extradata)
         for packet in container.demux(stream):
             if not packet.size or packet.is_discard:
@@ -215,9 +215,9 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
             if packet.is_keyframe:
                 keyframes += 1
                 false_keyframes += not keyframe_is_intra(codec, memoryview(packet), length_size)
-                key_pts, gop_is_open = packet.pts, False
-            elif not gop_is_open and None not in (key_pts, packet.pts) and packet.pts < key_pts:
-                open_gops, gop_is_open = open_gops + 1, True
+                key_pts = packet.pts
+            elif None not in (key_pts, packet.pts) and packet.pts < key_pts:
+                open_gops, key_pts = open_gops + 1, None
             if shows_frame(codec, memoryview(packet)):
                 shown += 1
                 if packet.pts is not None:
