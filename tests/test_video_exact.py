@@ -6,7 +6,8 @@ a fresh state, or only sometimes, fails. Files: H.264 with B-frames, MPEG-4 part
 with hidden frames), a variable-frame-rate .mkv and one whose frames share timestamps, and files from the wild:
 H.264 with B-frames in AVI, FLV, MPEG-TS (also with timestamps wrapping past 2^33) and fragmented MP4, HEVC with
 B-frames, interlaced H.264, H.264 with intra refresh, WMV2 in ASF, AV1, H.264 that changes size mid-stream, raw
-streams, MP4 without a sync-sample table, MP4/Matroska that start mid-GOP, and open GOPs (H.264, MPEG-2).
+streams, MP4 without a sync-sample table, MP4/Matroska that start mid-GOP, open GOPs (H.264, MPEG-2), an MP4 cut
+by stream copy (an edit list hides the frames before the cut) and one with a cover picture larger than the video.
 The frame count is the number of frames that decode, the same in `probe()` and every backend; asking past it is
 one error everywhere.
 """
@@ -46,6 +47,7 @@ from .video_factory import (
     WILD_CONTAINERS,
     _indexed_frames,
     backend_params,
+    cover_art_mp4,
     decodable_frames,
     hidden_frames_webm,
     long_indexed_video,
@@ -55,6 +57,8 @@ from .video_factory import (
     read_index,
     size_change_video,
     stream_counts,
+    tail_trimmed_mp4,
+    trimmed_mp4,
     truncated_mp4,
     vfr_shared_pts_video,
     vfr_stretch_pts_ms,
@@ -87,6 +91,10 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "h264_no_sync_table": lambda p: no_sync_table_mp4(p, N),
     "h264_mid_gop": lambda p: mid_gop_video(p, ".mp4", N),
     "h264_mid_gop_mkv": lambda p: mid_gop_video(p, ".mkv", N),
+    "h264_trimmed": lambda p: trimmed_mp4(p, N),
+    "h264_trimmed_open_gop": lambda p: trimmed_mp4(p, N, open_gop=True),
+    "h264_tail_trimmed": lambda p: tail_trimmed_mp4(p, N),
+    "h264_cover_art": lambda p: cover_art_mp4(p, N),
 }
 IRREGULAR = ("vp8_hidden", "vfr_mkv", "vfr_shared_pts")
 
@@ -143,7 +151,11 @@ def test_one_reader_stays_exact_over_many_rounds(files: dict[str, Path], name: s
 # mid-GOP (3 P pictures before the first keyframe, dropped by the decoder): in Matroska torchcodec wrong on 48 of 56
 # reads, decord failed; in MP4 both failed on every read (and the header's count, 123, was taken for 120 frames).
 # Open GOPs (B-frames after a keyframe shown before it): decord wrong on 16 of 56 reads of x264 --open-gop in MP4
-# and in Matroska, 41 of 56 of MPEG-2 in MP4 (torchcodec, PyAV and OpenCV right).
+# and in Matroska, 41 of 56 of MPEG-2 in MP4 (torchcodec, PyAV and OpenCV right). MP4 edit lists that hide frames
+# (a cut by stream copy hides the frames before the cut, a trim the last ones): decord counts the hidden frames
+# (125 where 120 show); torchcodec 0.17 reads both right (test_one_reader_stays_exact), but not where the GOPs are
+# open: wrong on 2 to 9 of 25 reads of H.264 (x264 --open-gop), HEVC (x265) and MPEG-2 cut by `ffmpeg -ss T -c copy`,
+# 6 of 20 of h264_trimmed_open_gop (or it runs out of frames).
 EARNED = [("decord", "vfr_shared_pts"), ("torchcodec", "vfr_shared_pts"), ("decord", "vp8_hidden"),
           ("torchcodec", "vp8_hidden"), ("decord", "hevc_mp4"), ("decord", "wmv2_asf"),
           *([("opencv", "h264_interlaced")] if "opencv" in available_backends() and opencv_version() < (5, 1) else []),
@@ -151,6 +163,8 @@ EARNED = [("decord", "vfr_shared_pts"), ("torchcodec", "vfr_shared_pts"), ("deco
           ("torchcodec", "h264_intra_refresh"), ("torchcodec", "h263_raw"), ("decord", "h264_no_sync_table"),
           *[(backend, name) for name in ("h264_mid_gop", "h264_mid_gop_mkv") for backend in ("decord", "torchcodec")],
           ("decord", "h264_open_gop"), ("decord", "h264_open_gop_mkv"), ("decord", "mpeg2_open_gop"),
+          *[(backend, "h264_trimmed_open_gop") for backend in ("decord", "torchcodec")], ("decord", "h264_trimmed"),
+          ("decord", "h264_tail_trimmed"),
           *[(backend, name) for name in WILD_CONTAINERS for backend in ("decord", "torchcodec")]]
 
 
@@ -166,7 +180,8 @@ def test_refusals_are_earned(files: dict[str, Path], backend: str, name: str) ->
     # packet.
     disguised = dataclasses.replace(real, variable_frame_rate=False, num_packets=0, num_frames=real.num_packets,
                                     container=MATROSKA, interlaced=False, codec="h264", false_keyframes=0,
-                                    no_sync_table=False, leading_non_keyframes=0, open_gop_keyframes=0)
+                                    no_sync_table=False, leading_non_keyframes=0, open_gop_keyframes=0,
+                                    edit_list_hidden=0)
     try:
         opened = BACKENDS[backend](str(path), disguised)
     except Exception:  # a good file lost (torchcodec raises its own RuntimeError when constructed directly)
@@ -194,7 +209,8 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
     with_table = {n for n, f in looked.items() if f.indexes_frames}
     assert with_table == {"h264_bframes", "vp9_webm", "vp8_hidden", "vp9_hidden", "vfr_mkv", "vfr_shared_pts",
                           "hevc_mp4", "h264_interlaced", "h264_intra_refresh", "h264_no_sync_table", "h264_mid_gop",
-                          "h264_mid_gop_mkv", "h264_open_gop", "h264_open_gop_mkv", "mpeg2_open_gop"} | (
+                          "h264_mid_gop_mkv", "h264_open_gop", "h264_open_gop_mkv", "mpeg2_open_gop", "h264_trimmed",
+                          "h264_trimmed_open_gop", "h264_tail_trimmed", "h264_cover_art"} | (
                               {"av1_mp4"} & set(MAKERS))
     assert {n for n, f in looked.items() if f.false_keyframes} == {"h264_intra_refresh", "h263_raw"}
     assert looked["h263_raw"].keyframe_packets == looked["h263_raw"].num_packets  # the flags the checks saw through
@@ -202,11 +218,22 @@ def test_containers_without_a_frame_table_are_told_apart(files: dict[str, Path])
     assert {n: f.leading_non_keyframes for n, f in looked.items() if f.leading_non_keyframes} == {
         "h264_mid_gop": 3, "h264_mid_gop_mkv": 3}
     assert looked["h264_mid_gop"].header_frames == N + 3  # the header counts the dropped pictures as frames
+    # a cut by stream copy starts at the keyframe its edit list hides: not begun mid-GOP; hidden frames are no frames,
+    # and counting them needs no decode (the header counts them, the packets tell them apart)
+    edited = {n: f for n, f in looked.items() if f.edit_list_hidden}
+    assert set(edited) == {"h264_trimmed", "h264_tail_trimmed", "h264_trimmed_open_gop"}
+    assert (edited["h264_trimmed"].edit_list_hidden, edited["h264_tail_trimmed"].edit_list_hidden) == (5, 6)
+    for name, found in edited.items():
+        assert (found.num_packets, found.num_frames, found.frames_counted) == (N, N, False), name
+        assert found.header_frames == N + found.edit_list_hidden > N, name
+    # the cover picture (larger than the video) is no video stream
+    assert (looked["h264_cover_art"].stream_index, looked["h264_cover_art"].num_video_streams) == (0, 1)
     assert {n for n, f in looked.items() if f.intra_only} == {"mjpeg_avi"}
     # B-frames shown before the keyframe they follow: x264 --open-gop, x265 (CRA pictures), FFmpeg's MPEG-2 and
     # MPEG-4 Part 2 encoders; closed GOPs with B-frames (x264's default) are not
     assert {n for n, f in looked.items() if f.open_gop_keyframes} == {
-        "h264_open_gop", "h264_open_gop_mkv", "mpeg2_open_gop", "mpeg2_ps", "mpeg4_avi", "hevc_mp4"}
+        "h264_open_gop", "h264_open_gop_mkv", "mpeg2_open_gop", "mpeg2_ps", "mpeg4_avi", "hevc_mp4",
+        "h264_trimmed_open_gop"}
     for fragmented in ("h264_fmp4", "h264_fmp4_hybrid"):  # told apart by the count: none, or the first fragment's
         assert looked[fragmented].container == looked["h264_bframes"].container
     assert looked["h264_fmp4"].header_frames == 0 and looked["h264_bframes"].header_frames == N
@@ -225,6 +252,32 @@ def test_index_mapping_backends_refuse_variable_frame_rate(files: dict[str, Path
     facts_ = stream_facts(files["vfr_mkv"])
     assert facts_.variable_frame_rate and not facts_.hidden_frames
     assert "variable-frame-rate" in BACKENDS[backend].unsuitable_reason(facts_)
+
+
+@pytest.mark.parametrize(("version", "served"), [("0.16.0", False), ("0.17.0.dev20260701", False), ("", False),
+                                                ("0.17.0", True), ("0.17.0+cu130", True), ("0.18.0rc1", True)])
+def test_torchcodec_before_0_17_refuses_edit_lists(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                  version: str, served: bool) -> None:
+    """torchcodec sought past the keyframe an edit list hides (torchcodec #1504, fixed for 0.17): releases (and
+    development builds) before 0.17 are refused on files whose edit list hides frames, told by the version string
+    (other files are served); 0.17 reads them right (test_one_reader_stays_exact, on this machine's release)."""
+    from vidlstm.data.video import torchcodec as torchcodec_backend
+
+    monkeypatch.setattr(torchcodec_backend, "_version", lambda: version)
+    for name in ("h264_trimmed", "h264_tail_trimmed"):
+        reason = BACKENDS["torchcodec"].unsuitable_reason(stream_facts(files[name]))
+        assert (reason is None) == served, (name, reason)
+        assert served or "MP4 edit list hides frames wrongly (it seeks past a hidden keyframe; needs >= 0.17" in reason
+    assert BACKENDS["torchcodec"].unsuitable_reason(stream_facts(files["h264_bframes"])) is None
+
+
+def test_a_hidden_open_gop_keyframe_is_an_open_gop(tmp_path: Path) -> None:
+    """A short cut from an open-GOP stream: the only keyframe is the hidden one, its leading B-frames hidden too.
+    It counts as an open GOP, so torchcodec is refused as on longer cuts, whatever the cut's length."""
+    found = stream_facts(trimmed_mp4(tmp_path / "short", 8, cut=14, open_gop=True))
+    assert (found.num_frames, found.keyframe_packets, found.open_gop_keyframes) == (8, 0, 1)
+    assert found.edit_list_hidden == 5 and found.leading_non_keyframes == 0
+    assert "open-GOP streams whose MP4 edit list" in BACKENDS["torchcodec"].unsuitable_reason(found)
 
 
 @pytest.mark.parametrize("name", IRREGULAR)
@@ -380,7 +433,7 @@ def test_probe_cache_keeps_the_count_and_hands_it_to_readers(files: dict[str, Pa
     _, bad = probe_module.probe_records([VideoRecord(path, "a")], cache, workers=0)
     assert not bad
     stored = json.loads(cache.read_text())
-    assert stored["version"] == probe_module.CACHE_VERSION == 8
+    assert stored["version"] == probe_module.CACHE_VERSION == 9
     result = stored["entries"][path]["result"]
     assert result["num_frames"] == N and result["facts"]["frames_counted"] and result["facts"]["num_packets"] == N + 10
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 from fractions import Fraction
 from pathlib import Path
@@ -305,6 +306,63 @@ def mid_gop_video(path: Path, suffix: str = ".mp4", num_frames: int = 120, gop: 
     # no B-frames and no scene cuts: packet ``gop`` is the second keyframe
     return _remux(source, path.with_suffix(suffix), {}, "mp4" if suffix == ".mp4" else "matroska",
                   first_packet=gop - orphans)
+
+
+def trimmed_mp4(path: Path, num_frames: int = 120, cut: int = 17, open_gop: bool = False) -> Path:
+    """An MP4 cut by stream copy mid-GOP, as ``ffmpeg -ss T -i in.mp4 -c copy`` writes it: H.264 (B-frames, a
+    keyframe every 12 frames; open GOPs if ``open_gop``) from the keyframe before frame ``cut`` on, timestamps
+    moved so that frame ``cut`` shows at 0, and an edit list that hides the frames before it (decoded as
+    references, never shown; the header counts them). The frames that show spell their index among them: 0 to
+    ``num_frames`` - 1; the hidden ones 0."""
+    frames = np.stack([index_frame(max(i - cut, 0), 64, 64, LONG_BITS) for i in range(num_frames + cut)])
+    _, codec, pix_fmt, options = CODECS["h264_bframes"]
+    options = _X264_OPEN_GOP if open_gop else {**options, "x264-params": "scenecut=0"}
+    source = write_video(path.with_name(path.name + "_source.mp4"), frames, codec, pix_fmt, options)
+    with av.open(str(source)) as inside:
+        packets = [p for p in inside.demux(video=0) if p.dts is not None]
+    cut_pts = sorted(p.pts for p in packets)[cut]
+    start = max(i for i, p in enumerate(packets) if p.is_keyframe and p.pts <= cut_pts)
+    return _remux(source, path.with_suffix(".mp4"), {"avoid_negative_ts": "disabled"}, shift=-cut_pts,
+                  first_packet=start)
+
+
+def tail_trimmed_mp4(path: Path, num_frames: int = 120, hidden: int = 6) -> Path:
+    """The `long_indexed_video` H.264 stream (B-frames) of ``num_frames`` + ``hidden`` frames in an MP4 whose edit
+    list ends ``hidden`` frames early, as editors that trim without re-encoding write it: the last frames are in
+    the file and decoded as references, never shown. (The edit list's segment duration is patched in place.)"""
+    source = long_indexed_video(path.with_name(path.name + "_source"), "h264_bframes", num_frames + hidden)
+    data = bytearray(source.read_bytes())
+    mvhd, elst = data.index(b"mvhd"), data.index(b"elst")
+    assert data[mvhd + 4] == data[elst + 4] == 0 and data[elst + 8: elst + 12] == b"\0\0\0\1"  # version 0, 1 edit
+    timescale = int.from_bytes(data[mvhd + 16: mvhd + 20], "big")
+    data[elst + 12: elst + 16] = (num_frames * timescale // 10).to_bytes(4, "big")  # 10 fps (`write_video`)
+    path.with_suffix(".mp4").write_bytes(bytes(data))
+    return path.with_suffix(".mp4")
+
+
+def cover_art_mp4(path: Path, num_frames: int = 120) -> Path:
+    """The `long_indexed_video` H.264 stream (B-frames) in an MP4 with a cover picture four times the video's area
+    (a PNG flagged as an attached picture, which FFmpeg shows as a second video stream), as downloaders that embed
+    a thumbnail write it."""
+    from PIL import Image
+
+    source = long_indexed_video(path.with_name(path.name + "_source"), "h264_bframes", num_frames)
+    picture = io.BytesIO()
+    Image.new("RGB", (128, 128), (200, 30, 30)).save(picture, format="PNG")
+    with av.open(str(source)) as inside, av.open(str(path.with_suffix(".mp4")), "w") as outside:
+        video = inside.streams.video[0]
+        cover = outside.add_stream("png")
+        cover.width = cover.height = 128
+        cover.pix_fmt, cover.disposition = "rgb24", av.stream.Disposition.attached_pic
+        copy = outside.add_stream_from_template(video)
+        packet = av.Packet(picture.getvalue())
+        packet.stream, packet.pts, packet.dts, packet.time_base = cover, 0, 0, Fraction(1, 90_000)
+        outside.mux(packet)
+        for packet in inside.demux(video):
+            if packet.dts is not None:
+                packet.stream = copy
+                outside.mux(packet)
+    return path.with_suffix(".mp4")
 
 
 def raw_stream(path: Path, name: str, num_frames: int = 120) -> Path:

@@ -19,7 +19,7 @@ from vidlstm.utils.pool import Lost, imap_killable
 from vidlstm.utils.progress import progress
 from vidlstm.utils.textfiles import open_paths
 
-CACHE_VERSION = 8  # 2: frame counts are frames that decode; the stream facts are kept with each result.
+CACHE_VERSION = 9  # 2: frame counts are frames that decode; the stream facts are kept with each result.
 # 3: the facts name the container and whether it has a frame table (which backends may serve a file)
 # 4: streams whose timestamps start below 0 (MPEG-TS wrapping past 2^33) are counted from their first frame, and
 # keyframe-flagged P/B pictures (intra refresh) are counted (decord and torchcodec refuse them)
@@ -27,6 +27,7 @@ CACHE_VERSION = 8  # 2: frame counts are frames that decode; the stream facts ar
 # 6: false keyframe flags (raw H.263) and MP4 tracks without a sync-sample table are found; raw H.264 probes
 # 7: streams that start without a keyframe (begun mid-GOP) are counted (their header counts frames that never decode)
 # 8: open GOPs are found (decord refuses them)
+# 9: packets an MP4 edit list hides are counted apart (a cut by stream copy starts at a hidden keyframe: not mid-GOP)
 
 
 def probe_file(path: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> dict[str, Any]:

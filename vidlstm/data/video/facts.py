@@ -89,6 +89,9 @@ class StreamFacts:
     # MPEG-4 Part 2 by default, HEVC CRA pictures with leading pictures): those frames reference the GOP before, so
     # a decoder started at the keyframe cannot make them
     open_gop_keyframes: int = 0
+    # packets an MP4/MOV edit list hides, decoded as references and never shown: a cut by stream copy (`ffmpeg -ss T
+    # -c copy`) keeps the packets from the keyframe before the cut; an edit that ends early hides the last ones
+    edit_list_hidden: int = 0
 
     @property
     def intra_only(self) -> bool:
@@ -206,18 +209,26 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         container, stream = rewound(path, container, stream)
         packets, keyframes, false_keyframes, shown_pts, shown, leading = 0, 0, 0, [], 0, 0
         open_gops, key_pts = 0, None  # key_pts: the last keyframe's, until a frame shown before it is seen
+        edit_hidden, started = 0, False  # started: a keyframe came, shown or not
         length_size = nal_length_size(codec, stream.codec_context.extradata)
         for packet in container.demux(stream):
-            if not packet.size or packet.is_discard:
+            if not packet.size:
                 continue
-            packets += 1
-            leading += not keyframes and not packet.is_keyframe
+            # Packets an edit list hides are decoded all the same: a hidden keyframe starts the stream, and a
+            # hidden open-GOP keyframe is one.
+            started = started or packet.is_keyframe
             if packet.is_keyframe:
-                keyframes += 1
-                false_keyframes += not keyframe_is_intra(codec, memoryview(packet), length_size)
                 key_pts = packet.pts
             elif None not in (key_pts, packet.pts) and packet.pts < key_pts:
                 open_gops, key_pts = open_gops + 1, None
+            if packet.is_discard:
+                edit_hidden += 1
+                continue
+            packets += 1
+            leading += not started
+            if packet.is_keyframe:
+                keyframes += 1
+                false_keyframes += not keyframe_is_intra(codec, memoryview(packet), length_size)
             if shows_frame(codec, memoryview(packet)):
                 shown += 1
                 if packet.pts is not None:
@@ -229,8 +240,9 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         variable = uneven(shown_pts, time_base)
         num_frames = min(header_frames, shown) if header_frames > 0 else shown
         counted, undecodable = False, 0
-        leading = leading if keyframes else 0  # no keyframe flags at all: nothing to tell from them
-        if header_frames <= 0 or header_frames != packets or codec in CODECS_HIDING_FRAMES or leading:
+        leading = leading if started else 0  # no keyframe flags at all: nothing to tell from them
+        consistent = header_frames == packets + edit_hidden  # an MP4 header counts the hidden packets as frames
+        if header_frames <= 0 or not consistent or codec in CODECS_HIDING_FRAMES or leading:
             container, stream = rewound(path, container, stream)
             found = _count_decoded(container, stream, count_budget_s)
             if found is not None:
@@ -247,7 +259,7 @@ def _probe_stream(path: str, count_budget_s: float | None) -> StreamFacts:
         # Read everything from PyAV objects before the container closes (they point into its memory).
         return StreamFacts(int(stream.index), codec, num_frames, rotation, len(videos), packets, variable, counted,
                            container.format.name, header_frames, keyframes, interlaced, undecodable,
-                           false_keyframes, no_sync_table, leading, open_gops)
+                           false_keyframes, no_sync_table, leading, open_gops, edit_hidden)
     finally:
         container.close()
 

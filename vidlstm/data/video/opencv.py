@@ -13,6 +13,7 @@ from vidlstm.data.video import timeline as tl
 from vidlstm.data.video.base import VideoReader, _from_hwc
 from vidlstm.data.video.errors import VideoDecodeError
 from vidlstm.data.video.facts import StreamFacts
+from vidlstm.utils.versions import release
 
 # OpenCV's seek (CAP_PROP_POS_FRAMES) restarts decoding at the keyframe before the target minus this many frames.
 _OPENCV_SEEK_MARGIN = 16
@@ -26,7 +27,7 @@ def opencv_version() -> tuple[int, ...]:
     """OpenCV's (major, minor, patch), e.g. (5, 1, 0)."""
     import cv2
 
-    return tuple(int(part) for part in cv2.__version__.split(".")[:3] if part.isdigit())
+    return release(cv2.__version__)[0][:3]
 
 
 class _Mismatch(Exception):

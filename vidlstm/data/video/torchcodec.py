@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import os
 
 import torch
@@ -11,8 +12,21 @@ import torch
 from vidlstm.data.video.base import VideoReader
 from vidlstm.data.video.errors import VideoDecodeError
 from vidlstm.data.video.facts import StreamFacts
+from vidlstm.utils.versions import at_least
 
 ROTATION_SINCE = "0.11"  # the first torchcodec release that reads display matrices and turns frames upright
+# The first release that decodes the keyframe an MP4 edit list hides (a cut by stream copy starts with it) instead of
+# seeking past it: torchcodec #1504 (CPU, July 2026) and #1662 (CUDA, August 2026), both in 0.17.
+EDIT_LISTS_SINCE = (0, 17)
+
+
+@functools.cache
+def _version() -> str:
+    """The installed torchcodec's version string, read without importing it ("" when it is not installed)."""
+    try:
+        return importlib.metadata.version("torchcodec")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 @functools.cache
@@ -48,7 +62,17 @@ class TorchCodecReader(VideoReader):
             reason = _no_rotation_reason()
             if reason:
                 return reason
-        return super().unsuitable_reason(facts)
+        reason = super().unsuitable_reason(facts)
+        if reason is not None or not facts.edit_list_hidden:
+            return reason
+        if facts.open_gop_keyframes:  # measured with 0.17: wrong on 2 to 9 of 25 reads
+            return ("torchcodec decodes open-GOP streams whose MP4 edit list hides frames wrongly (the first frames "
+                    f"shown may reference a hidden GOP; {facts.edit_list_hidden} packet(s) hidden)")
+        if not at_least(_version(), EDIT_LISTS_SINCE):
+            return (f"torchcodec {_version() or '(version unknown)'} decodes streams whose MP4 edit list hides frames "
+                    f"wrongly (it seeks past a hidden keyframe; needs >= {'.'.join(map(str, EDIT_LISTS_SINCE))}; "
+                    f"{facts.edit_list_hidden} packet(s) hidden)")
+        return None
 
     def __init__(self, path: str | os.PathLike, facts: StreamFacts | None = None, device: str = "cpu") -> None:
         super().__init__(path, facts)
