@@ -146,9 +146,10 @@ def _folder_run(checkpoint: Path, tmp_path: Path, count: int, seed: int, *overri
 
 @pytest.mark.slow
 def test_kill_and_rerun_gives_every_video_exactly_once(brightness_checkpoint: Path, tmp_path: Path) -> None:
-    # 96 videos: the kill must land while rows are still coming; with 24 the whole run (~5 ms a video) fitted between
-    # two polls of a loaded machine (the test failed 2 of 2 runs after several other test files).
-    count = 96
+    # 300 videos: the kill must land while rows are still coming; with 24 the whole run (~5 ms a video) fitted between
+    # two polls of a loaded machine (the test failed 2 of 2 runs after several other test files), with 96 once in a
+    # full `pytest -n 2` run (the polling process went unscheduled for the ~0.5 s the rows took).
+    count = 300
     folder, output, command = _folder_run(brightness_checkpoint, tmp_path, count, 100, "batch_size=1", "num_clips=1")
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
