@@ -36,13 +36,11 @@ def _no_rotation_reason() -> str | None:
     Checked by feature, not version number: releases that apply rotation report it as
     ``VideoStreamMetadata.rotation`` (both arrived together in 0.11)."""
     try:
-        import torchcodec
         from torchcodec.decoders import VideoStreamMetadata
     except Exception as err:  # ImportError, or RuntimeError/OSError when FFmpeg's libraries are missing
         return f"torchcodec cannot load ({type(err).__name__})"
     if "rotation" not in {field.name for field in dataclasses.fields(VideoStreamMetadata)}:
-        version = getattr(torchcodec, "__version__", "?")
-        return (f"torchcodec {version} ignores rotation metadata (needs >= {ROTATION_SINCE}); "
+        return (f"torchcodec {_version() or '?'} ignores rotation metadata (needs >= {ROTATION_SINCE}); "
                 "its frames would come out sideways")
     return None
 
